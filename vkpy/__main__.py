@@ -1,0 +1,5 @@
+"""`python -m vkpy` is the `vkpy` command."""
+
+from vkpy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""A thin JSON layer over kubernetes-asyncio's ApiClient.
+
+The core works on plain dicts, as the API server sends them: model (de)serialisation is slow and
+validates fields we do not read, and a watch over thousands of pods is a hot path. The ApiClient still
+does what it is good at: TLS, credentials (certificates, tokens, exec plugins), the connection pool.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+JSON = dict[str, Any]
+
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+USER_AGENT = "vkpy"
+
+
+class KubeError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, reason: str, message: str, body: JSON | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body or {}
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+def micro_time(when: datetime.datetime) -> str:
+    """A MicroTime with exactly six fractional digits; the API server rejects other forms."""
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rfc3339(when: datetime.datetime) -> str:
+    """A Time (whole seconds), as the API server stores them."""
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@attrs.define
+class KubeClient:
+    """JSON requests against one API server with one identity."""
+
+    api: k8s_client.ApiClient
+    identity: str = "shared"
+
+    @classmethod
+    async def from_kubeconfig(cls, path: Path | None, identity: str = "shared") -> KubeClient:
+        """From a kubeconfig file; without one: $KUBECONFIG, ~/.kube/config, then in-cluster."""
+        configuration = k8s_client.Configuration()
+        if path is None and _in_cluster():
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        else:
+            await k8s_config.load_kube_config(
+                config_file=str(path) if path else None,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+        # Client-side limits the Go virtual-kubelet hits first: one connection per watch plus
+        # bursts of status writes need a large pool.
+        configuration.connection_pool_maxsize = 1000
+        api = k8s_client.ApiClient(configuration)
+        api.user_agent = f"{USER_AGENT}/{_version()}"
+        return cls(api=api, identity=identity)
+
+    @property
+    def ca_file(self) -> str | None:
+        value = self.api.configuration.ssl_ca_cert
+        return str(value) if value else None
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = 30,
+    ) -> aiohttp.ClientResponse:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
+        response: aiohttp.ClientResponse = await self.api.call_api(
+            path,
+            method,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        return response
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = 30,
+    ) -> JSON:
+        response = await self._raw(method, path, query=query, body=body, content_type=content_type, timeout=timeout)
+        async with response:
+            data = await response.read()
+            if response.status >= 400:
+                raise _error(response.status, data)
+            return json.loads(data) if data else {}
+
+    async def get(self, path: str, **query: Any) -> JSON:
+        return await self.request("GET", path, query=query)
+
+    async def create(self, path: str, body: JSON) -> JSON:
+        return await self.request("POST", path, body=body)
+
+    async def patch(self, path: str, body: Any, content_type: str = STRATEGIC_MERGE_PATCH) -> JSON:
+        return await self.request("PATCH", path, body=body, content_type=content_type)
+
+    async def put(self, path: str, body: JSON) -> JSON:
+        return await self.request("PUT", path, body=body)
+
+    async def delete(self, path: str, body: JSON | None = None) -> JSON:
+        return await self.request("DELETE", path, body=body)
+
+    async def watch_lines(
+        self, path: str, query: Mapping[str, Any], timeout: float
+    ) -> AsyncIterator[JSON]:
+        """Stream a watch: one decoded event per line. Ends when the server ends the watch."""
+        response = await self._raw("GET", path, query={**query, "watch": "true"}, timeout=None)
+        async with response:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            buffer = b""
+            while True:
+                # A silent stall (no event, no bookmark) past `timeout` raises TimeoutError: the
+                # caller's watchdog reconnects.
+                async with _deadline(timeout):
+                    chunk = await response.content.readany()
+                if not chunk:
+                    return
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+
+
+def _deadline(seconds: float) -> Any:
+    import asyncio
+
+    return asyncio.timeout(seconds)
+
+
+def _query_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _error(status: int, data: bytes) -> KubeError:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return KubeError(status, "", data.decode(errors="replace")[:500])
+    if not isinstance(body, dict):
+        return KubeError(status, "", str(body)[:500])
+    return KubeError(status, str(body.get("reason", "")), str(body.get("message", "")), body)
+
+
+def _in_cluster() -> bool:
+    import os
+
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (
+        os.environ.get("KUBECONFIG") or Path("~/.kube/config").expanduser().exists()
+    )
+
+
+def _version() -> str:
+    from vkpy import __version__
+
+    return __version__

@@ -1,0 +1,2 @@
+"""Plugins: finding them by entry point, the transport base class, hook dispatch, and the built-in
+``local`` transport."""
