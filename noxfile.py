@@ -19,9 +19,14 @@ def plugin_dirs() -> list[str]:
     return [str(p.parent) for p in sorted(ROOT.glob("plugins/*/pyproject.toml"))]
 
 
+def test_support_dirs() -> list[str]:
+    """Plugins that exist only for vkpy's own tests (fault injection, call recording)."""
+    return [str(p.parent) for p in sorted(ROOT.glob("tests/support/*/pyproject.toml"))]
+
+
 def install_project(session: nox.Session, *extra: str) -> None:
     editable = ["-e", ".[testing]"]
-    for plugin in plugin_dirs():
+    for plugin in plugin_dirs() + test_support_dirs():
         editable += ["-e", plugin]
     session.install(*editable, *extra)
 

@@ -1,1 +1,103 @@
-"""Shared fixtures: the control plane fixtures come from vkpy.testing (the pytest11 entry point)."""
+"""Shared fixtures. The control plane fixtures (k8s_cluster, k8s_controllers, k8s_namespace) come
+from vkpy.testing's pytest plugin; this file adds what vkpy's own end-to-end tests need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vkpy.testing.cluster import ControlPlane, free_port
+from vkpy.testing.runner import VkpyProcess
+
+_LOGS = pytest.StashKey[list[Path]]()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for path in item.stash.get(_LOGS, []):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            report.sections.append((f"vkpy log {path}", text[-12000:]))
+    return report
+
+
+@pytest.fixture
+def probe_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "probe"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture(scope="session")
+def shared_identity(k8s_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig for the ServiceAccount bound to deploy/rbac.yaml's ClusterRole."""
+    from vkpy.testing.pki import write_kubeconfig
+
+    k8s_cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
+    token = k8s_cluster.kubectl("create", "token", "vkpy", "-n", "vkpy-system", "--duration=4h").stdout.strip()
+    return write_kubeconfig(tmp_path_factory.mktemp("shared") / "kubeconfig", k8s_cluster.server,
+                            k8s_cluster.ca.files.cert, "vkpy", token=token)
+
+
+def node_entry(name: str, state_root: Path, **overrides: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "transport": "local",
+        "local": {"state_dir": str(state_root / name)},
+        "capacity": {"cpu": "4", "memory": "4Gi", "pods": "20"},
+        "plugins": ["probe"],
+        "status_interval": "2s",
+        "restart_backoff": {"initial": "1s", "max": "4s"},
+    }
+    entry.update(overrides)
+    return entry
+
+
+StartVkpy = Callable[..., VkpyProcess]
+
+
+@pytest.fixture
+def start_vkpy(
+    k8s_cluster: ControlPlane, tmp_path: Path, probe_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[StartVkpy]:
+    """Start `vkpy run` as a user would. ``start_vkpy(["n1"])`` runs node n1 with its own
+    system:node identity; ``identity=<kubeconfig>`` shares one identity between the nodes."""
+    processes: list[VkpyProcess] = []
+    node_names: set[str] = set()
+    serving = k8s_cluster.serving_certificate("vkpy-test")
+    port = free_port()
+
+    def start(names: list[str], identity: Path | None = None, nodes: list[dict[str, Any]] | None = None,
+              **top: Any) -> VkpyProcess:
+        entries = nodes or [node_entry(n, tmp_path / "state") for n in names]
+        for entry in entries:
+            node_names.add(entry["name"])
+            if identity is None and "kubeconfig" not in entry:
+                entry["kubeconfig"] = str(k8s_cluster.node_identity(entry["name"]).kubeconfig)
+        config: dict[str, Any] = {
+            "log": {"level": "debug", "format": "json"},
+            "kubelet": {"address": "127.0.0.1", "port": port, "tls_cert": str(serving.cert),
+                        "tls_key": str(serving.key), "client_ca": str(k8s_cluster.ca.files.cert)},
+            "nodes": entries,
+            **top,
+        }
+        if identity is not None:
+            config["kubeconfig"] = str(identity)
+        process = VkpyProcess(config, tmp_path / f"vkpy-{len(processes)}", env={"VKPY_PROBE_DIR": str(probe_dir)})
+        request.node.stash.setdefault(_LOGS, []).append(process.log_path)
+        processes.append(process.start())
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()
+    for name in node_names:
+        k8s_cluster.kubectl("delete", "node", name, "--wait=false", check=False)

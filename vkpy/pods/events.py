@@ -1,0 +1,63 @@
+"""Kubernetes Events for what a user must see in `kubectl describe pod`, sent in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from vkpy.kube import KubeClient, now, rfc3339
+
+log = structlog.get_logger("vkpy.events")
+
+
+class EventRecorder:
+    """Best effort: an event that cannot be written is logged, never an error for the pod."""
+
+    def __init__(self, client: KubeClient, node_name: str) -> None:
+        self.client = client
+        self.node_name = node_name
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def emit(self, pod: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        task = asyncio.create_task(self._send(pod, kind, reason, message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, pod: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = pod.get("metadata", {})
+        namespace = meta.get("namespace", "default")
+        stamp = now()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta.get('name', 'pod')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "vkpy", "host": self.node_name},
+            "reportingComponent": "vkpy",
+            "reportingInstance": self.node_name,
+            "firstTimestamp": rfc3339(stamp),
+            "lastTimestamp": rfc3339(stamp),
+            "count": 1,
+        }
+        try:
+            await self.client.create(f"/api/v1/namespaces/{namespace}/events", body)
+        except Exception as exc:
+            log.warning("event.write_failed", node=self.node_name, reason=reason, error=str(exc))
+
+    async def drain(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)

@@ -1,0 +1,427 @@
+"""One worker per pod: create → update → status → delete, strictly in sequence for that pod.
+
+The worker holds the newest pod object the watch delivered and reconciles the device towards it
+whenever it changes, when the device pushes news, or when its poll interval passes. Errors from
+plugins are retried with capped backoff, never abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from vkpy.errors import DeviceUnreachable, PodRejected
+from vkpy.kube import JSON, MERGE_PATCH, KubeError, now
+from vkpy.pods import status as status_mod
+from vkpy.pods.convert import mutable_spec_digest, to_pod
+from vkpy.pods.env import EnvMissing, EnvResolver, resolve_volume_sources
+from vkpy.pods.events import EventRecorder
+from vkpy.pods.status import ContainerRecord, Observation, PodFailure
+from vkpy.plugins import dispatch
+from vkpy.types import Pod, PodStatusReport, Running, Terminated, Waiting
+from vkpy.watching import Backoff
+
+if TYPE_CHECKING:
+    from vkpy.node.virtual_node import VirtualNode
+
+log = structlog.get_logger("vkpy.pods")
+
+ERROR_BACKOFF = Backoff(initial=1.0, maximum=60.0)
+DELETE_MARGIN_SECONDS = 10.0
+DELETE_POLL_SECONDS = 1.0
+LONG_RUN_RESETS_BACKOFF = 600.0
+
+
+def _was_started(manifest: Mapping[str, Any]) -> bool:
+    status = manifest.get("status", {}) or {}
+    for entry in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+        if entry.get("containerID") or {"running", "terminated"} & set(entry.get("state", {})):
+            return True
+    return False
+
+
+def _should_restart(policy: str, state: Terminated) -> bool:
+    return policy == "Always" or (policy == "OnFailure" and not state.succeeded)
+
+
+class PodWorker:
+    def __init__(self, uid: str, node: VirtualNode, events: EventRecorder, on_finished: Any) -> None:
+        self.uid = uid
+        self.node = node
+        self.events = events
+        self._on_finished = on_finished
+        self.latest: JSON | None = None
+        self.last_known: JSON | None = None
+        self.pod: Pod | None = None
+        self.created = False
+        self.checked_device = False
+        self.delete_requested = False
+        self.delete_deadline: float | None = None
+        self.finished = False
+        self.spec_digest: str | None = None
+        self.records: dict[str, ContainerRecord] = {}
+        self.report: PodStatusReport | None = None
+        self.failure: PodFailure | None = None
+        self.waiting_override: dict[str, Waiting] = {}
+        self._seen_terminations: dict[str, Terminated] = {}
+        self._announced_running: set[str] = set()
+        self._wake = asyncio.Event()
+        self._attempt = 0
+        self._task: asyncio.Task[None] | None = None
+        self.log = log.bind(node=node.name, pod_uid=uid)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def update(self, manifest: JSON | None) -> None:
+        self.latest = manifest
+        if manifest is not None:
+            self.last_known = manifest
+            meta = manifest.get("metadata", {})
+            self.log = log.bind(node=self.node.name, pod=f"{meta.get('namespace')}/{meta.get('name')}")
+        self._wake.set()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"pod:{self.uid}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def pm(self) -> Any:
+        return self.node.pm
+
+    def current_pod(self) -> Pod | None:
+        if self.pod is not None:
+            return self.pod
+        return to_pod(self.last_known) if self.last_known is not None else None
+
+    # -- loop ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while not self.finished:
+                self._wake.clear()
+                try:
+                    delay = await self._step()
+                    self._attempt = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    delay = ERROR_BACKOFF.delay(self._attempt)
+                    self._attempt += 1
+                    self.log.warning("pod.reconcile_failed", error=str(exc), error_type=type(exc).__name__,
+                                     retry_in=round(delay, 1), attempt=self._attempt)
+                if self.finished:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+        finally:
+            if self.finished:
+                self._on_finished(self)
+
+    async def _step(self) -> float:
+        manifest = self.latest
+        if manifest is None:
+            await self._gone_from_api()
+            return 0
+        if manifest.get("metadata", {}).get("deletionTimestamp"):
+            return await self._delete(manifest)
+        if not self.checked_device:
+            await self._check_device(manifest)
+        phase = manifest.get("status", {}).get("phase")
+        if not self.created and self.failure is None:
+            if phase in status_mod.TERMINAL_PHASES:
+                return self._poll_interval()
+            if not await self._create(manifest):
+                return ERROR_BACKOFF.delay(self._create_attempts - 1)
+        elif self.created and self.spec_digest != mutable_spec_digest(manifest):
+            await self._update(manifest)
+        return await self._sync_status(manifest)
+
+    def _poll_interval(self) -> float:
+        return float(getattr(self.node.config, "status_interval", 10.0) or 10.0)
+
+    # -- create / adopt ----------------------------------------------------------------------------
+    _create_attempts = 0
+
+    async def _check_device(self, manifest: JSON) -> None:
+        """Before creating a pod this process did not create, ask the device: a pod it already runs
+        is adopted; one that had started but is gone was lost while vkpy was away."""
+        report = await dispatch.call_first(self.pm, "get_pod_status", node=self.node, pod=to_pod(manifest))
+        self.checked_device = True
+        if report is not None:
+            self.created = True
+            self.report = report
+            self.spec_digest = mutable_spec_digest(manifest)
+            self._restore_records(manifest)
+            self.log.info("pod.adopted")
+        elif _was_started(manifest) and manifest.get("status", {}).get("phase") not in status_mod.TERMINAL_PHASES:
+            self._restore_records(manifest)
+            self.failure = PodFailure(
+                "DeviceLost",
+                f"the device behind node {self.node.name} no longer holds this pod "
+                "(it restarted or lost its state while unreachable)",
+            )
+            self.events.emit(manifest, "Warning", "DeviceLost", self.failure.message)
+
+    def _restore_records(self, manifest: JSON) -> None:
+        for entry in manifest.get("status", {}).get("containerStatuses") or []:
+            record = self.records.setdefault(entry.get("name", ""), ContainerRecord())
+            record.restart_count = int(entry.get("restartCount") or 0)
+
+    async def _resolve(self, manifest: JSON) -> Pod:
+        client = self.node.client
+
+        async def fetch(kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+            try:
+                return await client.get(f"/api/v1/namespaces/{namespace}/{kind}/{name}")
+            except KubeError as exc:
+                if exc.not_found:
+                    return None
+                raise
+
+        async def configmap(namespace: str, name: str) -> Mapping[str, Any] | None:
+            return await fetch("configmaps", namespace, name)
+
+        async def secret(namespace: str, name: str) -> Mapping[str, Any] | None:
+            return await fetch("secrets", namespace, name)
+
+        resolver = EnvResolver(manifest, configmap, secret, node_allocatable=self.node.facts().allocatable)
+        spec = manifest.get("spec", {})
+        resolved = {}
+        for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            resolved[container["name"]] = await resolver.resolve(container)
+        volumes = await resolve_volume_sources(manifest, configmap, secret)
+        for warning in resolver.warnings:
+            self.events.emit(manifest, "Warning", warning.reason, warning.message)
+        return to_pod(manifest, resolved, volumes)
+
+    async def _create(self, manifest: JSON) -> bool:
+        self._create_attempts += 1
+        try:
+            pod = await self._resolve(manifest)
+        except EnvMissing as exc:
+            self._set_waiting(manifest, "CreateContainerConfigError", str(exc))
+            if self._create_attempts == 1:
+                self.events.emit(manifest, "Warning", "Failed", f"Error: {exc}")
+            await self._write_status(manifest)
+            return False
+        try:
+            await dispatch.call_first(self.pm, "create_pod", node=self.node, pod=pod)
+        except PodRejected as exc:
+            self.failure = PodFailure(exc.reason, str(exc))
+            self.events.emit(manifest, "Warning", exc.reason, str(exc))
+            self.log.warning("pod.rejected", reason=exc.reason, message=str(exc))
+            await self._write_status(manifest)
+            return True
+        except DeviceUnreachable as exc:
+            self._set_waiting(manifest, "ContainerCreating", f"waiting for the device: {exc}")
+            await self._write_status(manifest)
+            return False
+        except Exception as exc:
+            self._set_waiting(manifest, "CreateContainerError", f"{type(exc).__name__}: {exc}")
+            self.events.emit(manifest, "Warning", "Failed", f"Error: {exc}")
+            self.log.warning("pod.create_failed", error=str(exc), attempt=self._create_attempts)
+            await self._write_status(manifest)
+            return False
+        self.pod = pod
+        self.created = True
+        self.waiting_override.clear()
+        self.spec_digest = mutable_spec_digest(manifest)
+        self.events.emit(manifest, "Normal", "Created", f"Created on device of node {self.node.name} "
+                                                       f"via {self.node.config.transport}")
+        self.log.info("pod.created")
+        return True
+
+    def _set_waiting(self, manifest: JSON, reason: str, message: str) -> None:
+        spec = manifest.get("spec", {})
+        for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            self.waiting_override[container["name"]] = Waiting(reason, message)
+
+    async def _update(self, manifest: JSON) -> None:
+        pod = await self._resolve(manifest)
+        await dispatch.call_first(self.pm, "update_pod", node=self.node, pod=pod)
+        self.pod = pod
+        self.spec_digest = mutable_spec_digest(manifest)
+        self.log.info("pod.updated")
+
+    # -- status ------------------------------------------------------------------------------------
+    async def _sync_status(self, manifest: JSON) -> float:
+        delay = self._poll_interval()
+        if self.created and self.failure is None:
+            pod = self.current_pod()
+            try:
+                report = await dispatch.call_first(self.pm, "get_pod_status", node=self.node, pod=pod)
+            except DeviceUnreachable:
+                report = self.report  # keep the last known state; never "lost" because of a flaky link
+            else:
+                if report is None:
+                    self.failure = PodFailure(
+                        "DeviceLost", f"the device behind node {self.node.name} no longer holds this pod"
+                    )
+                    self.events.emit(manifest, "Warning", "DeviceLost", self.failure.message)
+            self.report = report
+            if report is not None:
+                delay = min(delay, await self._apply_restart_policy(manifest, report))
+        await self._write_status(manifest)
+        return delay
+
+    async def _apply_restart_policy(self, manifest: JSON, report: PodStatusReport) -> float:
+        """CrashLoopBackOff: a terminated container restarts after 10 s, 20 s, ... up to 5 min
+        (as configured), reset after a long run. Returns when to look again."""
+        policy = str(manifest.get("spec", {}).get("restartPolicy", "Always"))
+        backoff = getattr(self.node.config, "restart_backoff", None)
+        initial = float(getattr(backoff, "initial", 10.0))
+        maximum = float(getattr(backoff, "max", 300.0))
+        loop = asyncio.get_running_loop()
+        next_check = float("inf")
+        for name, state in report.containers.items():
+            if isinstance(state, Running) and name not in self._announced_running:
+                self._announced_running.add(name)
+                self.events.emit(manifest, "Normal", "Started", f"Started container {name}")
+            if not isinstance(state, Terminated):
+                continue
+            self._announced_running.discard(name)
+            record = self.records.setdefault(name, ContainerRecord())
+            if self._seen_terminations.get(name) == state:
+                if record.backoff_until is None:
+                    continue
+            elif _should_restart(policy, state):
+                self._seen_terminations[name] = state
+                ran = (state.finished_at - state.started_at).total_seconds() if (
+                    state.finished_at and state.started_at) else 0
+                record.backoff_seconds = initial if (record.backoff_seconds == 0 or ran > LONG_RUN_RESETS_BACKOFF) \
+                    else min(maximum, record.backoff_seconds * 2)
+                record.backoff_until = loop.time() + record.backoff_seconds
+                record.last_terminated = state
+                self.events.emit(manifest, "Warning" if not state.succeeded else "Normal", "BackOff",
+                                 f"Back-off {record.backoff_seconds:.0f}s restarting container {name} "
+                                 f"(exit code {state.exit_code})")
+            else:
+                self._seen_terminations[name] = state
+                continue
+            assert record.backoff_until is not None
+            remaining = record.backoff_until - loop.time()
+            if remaining > 0:
+                self.waiting_override[name] = Waiting(
+                    "CrashLoopBackOff",
+                    f"back-off {record.backoff_seconds:.0f}s restarting failed container={name} "
+                    f"pod={manifest['metadata']['name']}_{manifest['metadata']['namespace']}",
+                )
+                next_check = min(next_check, remaining)
+                continue
+            await dispatch.call_first(self.pm, "restart_container", node=self.node, pod=self.current_pod(),
+                                      container_name=name)
+            record.restart_count += 1
+            record.backoff_until = None
+            self.waiting_override.pop(name, None)
+            self.waiting_override[name] = Waiting("ContainerCreating", "restarting")
+            self.log.info("pod.container_restarted", container=name, restart_count=record.restart_count)
+            next_check = 0.2
+        return next_check
+
+    async def _write_status(self, manifest: JSON) -> None:
+        # After a restart, the device's next report replaces the transient "restarting" state.
+        observation = Observation(
+            manifest=manifest,
+            report=self.report,
+            records=self.records,
+            host_ip=self.node.address,
+            now=now(),
+            created=self.created,
+            waiting_override=dict(self.waiting_override),
+            failure=self.failure,
+        )
+        desired = status_mod.compute_status(observation)
+        for name, override in list(self.waiting_override.items()):
+            if override.reason == "ContainerCreating" and override.message == "restarting":
+                del self.waiting_override[name]
+        if not status_mod.status_changed(manifest.get("status", {}) or {}, desired):
+            return
+        meta = manifest["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        body = {"metadata": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}, "status": desired}
+        try:
+            written = await self.node.client.patch(path, body, content_type=MERGE_PATCH)
+        except KubeError as exc:
+            if exc.conflict:
+                fresh = await self.node.client.get(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}")
+                if fresh.get("metadata", {}).get("uid") == self.uid and self.latest is manifest:
+                    self.update(fresh)
+                return
+            if exc.not_found:
+                return
+            raise
+        if self.latest is manifest:
+            self.latest = written
+            self.last_known = written
+        self.log.debug("pod.status_written", phase=desired.get("phase"))
+
+    # -- delete ------------------------------------------------------------------------------------
+    async def _delete(self, manifest: JSON) -> float:
+        meta = manifest["metadata"]
+        if not self.checked_device and not self.created:
+            report = await dispatch.call_first(self.pm, "get_pod_status", node=self.node, pod=to_pod(manifest))
+            self.checked_device = True
+            self.created = report is not None
+        if not self.created:
+            await self._finalize(manifest)
+            return 0
+        loop = asyncio.get_running_loop()
+        grace = int(meta.get("deletionGracePeriodSeconds")
+                    or manifest.get("spec", {}).get("terminationGracePeriodSeconds", 30) or 0)
+        if not self.delete_requested:
+            self.events.emit(manifest, "Normal", "Killing", f"Stopping pod on device (grace period {grace}s)")
+            await dispatch.call_first(self.pm, "delete_pod", node=self.node, pod=self.current_pod(),
+                                      grace_period_seconds=grace)
+            self.delete_requested = True
+            self.delete_deadline = loop.time() + grace + DELETE_MARGIN_SECONDS
+            self.log.info("pod.delete_requested", grace=grace)
+        try:
+            report = await dispatch.call_first(self.pm, "get_pod_status", node=self.node, pod=self.current_pod())
+        except DeviceUnreachable:
+            return DELETE_POLL_SECONDS
+        done = report is None or all(
+            not isinstance(s, Running) for s in (*report.containers.values(), *report.init_containers.values())
+        )
+        assert self.delete_deadline is not None
+        if not done and loop.time() < self.delete_deadline:
+            return DELETE_POLL_SECONDS
+        if not done:
+            self.log.warning("pod.delete_deadline_passed", grace=grace)
+        await self._finalize(manifest)
+        return 0
+
+    async def _finalize(self, manifest: JSON) -> None:
+        """The final delete, with grace 0 and a UID precondition: a pod of the same name created
+        meanwhile is a different pod and survives."""
+        meta = manifest["metadata"]
+        try:
+            await self.node.client.delete(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                 "preconditions": {"uid": meta["uid"]}},
+            )
+        except KubeError as exc:
+            if not (exc.not_found or exc.conflict):
+                raise
+        self.log.info("pod.deleted")
+        self.finished = True
+
+    async def _gone_from_api(self) -> None:
+        """Force-deleted (or deleted while vkpy was away): the device must still let go of it."""
+        if not self.delete_requested and self.last_known is not None:
+            await dispatch.call_first(self.pm, "delete_pod", node=self.node, pod=self.current_pod(),
+                                      grace_period_seconds=0)
+            self.delete_requested = True
+            self.log.info("pod.force_deleted_on_device")
+        self.finished = True
