@@ -42,9 +42,16 @@ def shared_identity(k8s_cluster: ControlPlane, tmp_path_factory: pytest.TempPath
     from vkpy.testing.pki import write_kubeconfig
 
     k8s_cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
-    token = k8s_cluster.kubectl("create", "token", "vkpy", "-n", "vkpy-system", "--duration=4h").stdout.strip()
-    return write_kubeconfig(tmp_path_factory.mktemp("shared") / "kubeconfig", k8s_cluster.server,
-                            k8s_cluster.ca.files.cert, "vkpy", token=token)
+    token = k8s_cluster.kubectl(
+        "create", "token", "vkpy", "-n", "vkpy-system", "--duration=4h"
+    ).stdout.strip()
+    return write_kubeconfig(
+        tmp_path_factory.mktemp("shared") / "kubeconfig",
+        k8s_cluster.server,
+        k8s_cluster.ca.files.cert,
+        "vkpy",
+        token=token,
+    )
 
 
 def node_entry(name: str, state_root: Path, **overrides: Any) -> dict[str, Any]:
@@ -75,8 +82,9 @@ def start_vkpy(
     serving = k8s_cluster.serving_certificate("vkpy-test")
     port = free_port()
 
-    def start(names: list[str], identity: Path | None = None, nodes: list[dict[str, Any]] | None = None,
-              **top: Any) -> VkpyProcess:
+    def start(
+        names: list[str], identity: Path | None = None, nodes: list[dict[str, Any]] | None = None, **top: Any
+    ) -> VkpyProcess:
         entries = nodes or [node_entry(n, tmp_path / "state") for n in names]
         for entry in entries:
             node_names.add(entry["name"])
@@ -84,14 +92,21 @@ def start_vkpy(
                 entry["kubeconfig"] = str(k8s_cluster.node_identity(entry["name"]).kubeconfig)
         config: dict[str, Any] = {
             "log": {"level": "debug", "format": "json"},
-            "kubelet": {"address": "127.0.0.1", "port": port, "tls_cert": str(serving.cert),
-                        "tls_key": str(serving.key), "client_ca": str(k8s_cluster.ca.files.cert)},
+            "kubelet": {
+                "address": "127.0.0.1",
+                "port": port,
+                "tls_cert": str(serving.cert),
+                "tls_key": str(serving.key),
+                "client_ca": str(k8s_cluster.ca.files.cert),
+            },
             "nodes": entries,
             **top,
         }
         if identity is not None:
             config["kubeconfig"] = str(identity)
-        process = VkpyProcess(config, tmp_path / f"vkpy-{len(processes)}", env={"VKPY_PROBE_DIR": str(probe_dir)})
+        process = VkpyProcess(
+            config, tmp_path / f"vkpy-{len(processes)}", env={"VKPY_PROBE_DIR": str(probe_dir)}
+        )
         request.node.stash.setdefault(_LOGS, []).append(process.log_path)
         processes.append(process.start())
         return process

@@ -50,13 +50,19 @@ def jsonpath(cluster: ControlPlane, kind: str, name: str, path: str, namespace: 
 
 
 def wait_node_ready(cluster: ControlPlane, node: str, timeout: float = 60) -> None:
-    wait_for(lambda: jsonpath(cluster, "node", node, "{.status.conditions[?(@.type=='Ready')].status}") == "True",
-             timeout=timeout, what=f"node {node} Ready")
+    wait_for(
+        lambda: jsonpath(cluster, "node", node, "{.status.conditions[?(@.type=='Ready')].status}") == "True",
+        timeout=timeout,
+        what=f"node {node} Ready",
+    )
 
 
 def wait_phase(cluster: ControlPlane, pod: str, namespace: str, phase: str, timeout: float = 60) -> None:
-    wait_for(lambda: jsonpath(cluster, "pod", pod, "{.status.phase}", namespace) == phase,
-             timeout=timeout, what=f"pod {namespace}/{pod} phase {phase}")
+    wait_for(
+        lambda: jsonpath(cluster, "pod", pod, "{.status.phase}", namespace) == phase,
+        timeout=timeout,
+        what=f"pod {namespace}/{pod} phase {phase}",
+    )
 
 
 def probe_calls(probe_dir: Path, node: str, hook: str | None = None) -> list[dict[str, Any]]:

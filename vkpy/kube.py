@@ -80,7 +80,8 @@ class KubeClient:
         """From a kubeconfig file; without one: $KUBECONFIG, ~/.kube/config, then in-cluster."""
         configuration = k8s_client.Configuration()
         if path is None and _in_cluster():
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            load_incluster: Any = k8s_config.load_incluster_config
+            load_incluster(client_configuration=configuration)
         else:
             await k8s_config.load_kube_config(
                 config_file=str(path) if path else None,
@@ -136,7 +137,9 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float | None = 30,
     ) -> JSON:
-        response = await self._raw(method, path, query=query, body=body, content_type=content_type, timeout=timeout)
+        response = await self._raw(
+            method, path, query=query, body=body, content_type=content_type, timeout=timeout
+        )
         async with response:
             data = await response.read()
             if response.status >= 400:
@@ -158,9 +161,7 @@ class KubeClient:
     async def delete(self, path: str, body: JSON | None = None) -> JSON:
         return await self.request("DELETE", path, body=body)
 
-    async def watch_lines(
-        self, path: str, query: Mapping[str, Any], timeout: float
-    ) -> AsyncIterator[JSON]:
+    async def watch_lines(self, path: str, query: Mapping[str, Any], timeout: float) -> AsyncIterator[JSON]:
         """Stream a watch: one decoded event per line. Ends when the server ends the watch."""
         response = await self._raw("GET", path, query={**query, "watch": "true"}, timeout=None)
         async with response:

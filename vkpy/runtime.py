@@ -66,7 +66,9 @@ class Runtime:
             if node_cfg.transport not in self.registry.transports:
                 raise ConfigError(f"node {node_cfg.name}: transport {node_cfg.transport!r} is not installed")
             own = node_cfg.kubeconfig
-            client = await self._client(own or shared_kubeconfig, f"node:{node_cfg.name}" if own else "shared")
+            client = await self._client(
+                own or shared_kubeconfig, f"node:{node_cfg.name}" if own else "shared"
+            )
             first_client = first_client or client
         assert first_client is not None
 
@@ -85,8 +87,14 @@ class Runtime:
         for node_cfg in cfg.nodes:
             own = node_cfg.kubeconfig
             client = await self._client(own or shared_kubeconfig, "")
-            node = VirtualNode(config=node_cfg, client=client, transport=None, plugin_manager=None,
-                               address=address, kubelet_port=self.server.port)
+            node = VirtualNode(
+                config=node_cfg,
+                client=client,
+                transport=None,
+                plugin_manager=None,
+                address=address,
+                kubelet_port=self.server.port,
+            )
             transport_cls = self.registry.transports[node_cfg.transport]
             transport = transport_cls(node, node_cfg.transport_options)
             node.attach(transport, self.registry.node_plugin_manager(transport, node_cfg.plugins))

@@ -101,7 +101,7 @@ class Waiting:
 
 @attrs.frozen
 class Running:
-    started_at: datetime.datetime
+    started_at: datetime.datetime | None = None
 
 
 @attrs.frozen

@@ -100,7 +100,9 @@ class Watcher:
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
-                raise KubeError(int(obj.get("code") or 500), str(obj.get("reason", "")), str(obj.get("message", "")))
+                raise KubeError(
+                    int(obj.get("code") or 500), str(obj.get("reason", "")), str(obj.get("message", ""))
+                )
             version = obj.get("metadata", {}).get("resourceVersion")
             if version:
                 self.resource_version = str(version)

@@ -49,7 +49,7 @@ MANIFESTS = textwrap.dedent(
           containers:
             - name: count
               image: none
-              command: [python3, -c, 'import time\\nfor i in range(1, 6): print("count", i, flush=True); time.sleep(0.5)']
+              command: [sh, -c, 'for i in 1 2 3 4 5; do echo "count $i"; sleep 0.5; done']
     """
 )
 
@@ -68,32 +68,57 @@ def main() -> int:
         serving = plane.serving_certificate(NODE)
         config = {
             "log": {"level": "info", "format": "console"},
-            "kubelet": {"address": "127.0.0.1", "port": free_port(), "tls_cert": str(serving.cert),
-                        "tls_key": str(serving.key), "client_ca": str(plane.ca.files.cert)},
-            "nodes": [{
-                "name": NODE,
-                "transport": "local",
-                "kubeconfig": str(identity.kubeconfig),
-                "capacity": {"cpu": "2", "memory": "2Gi", "pods": "10"},
-                "labels": {"demo": "true"},
-                "local": {"state_dir": str(workdir / "device-state")},
-            }],
+            "kubelet": {
+                "address": "127.0.0.1",
+                "port": free_port(),
+                "tls_cert": str(serving.cert),
+                "tls_key": str(serving.key),
+                "client_ca": str(plane.ca.files.cert),
+            },
+            "nodes": [
+                {
+                    "name": NODE,
+                    "transport": "local",
+                    "kubeconfig": str(identity.kubeconfig),
+                    "capacity": {"cpu": "2", "memory": "2Gi", "pods": "10"},
+                    "labels": {"demo": "true"},
+                    "local": {"state_dir": str(workdir / "device-state")},
+                }
+            ],
         }
         step(f"starting vkpy with node {NODE} on the local transport (log: {workdir / 'vkpy' / 'vkpy.log'})")
         vkpy = VkpyProcess(config, workdir / "vkpy").start()
-        wait_for(lambda: "True" in plane.kubectl("get", "node", NODE, "-o",
-                                                 "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-                                                 check=False).stdout,
-                 timeout=60, what=f"node {NODE} to be Ready")
+        wait_for(
+            lambda: (
+                "True"
+                in plane.kubectl(
+                    "get",
+                    "node",
+                    NODE,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                    check=False,
+                ).stdout
+            ),
+            timeout=60,
+            what=f"node {NODE} to be Ready",
+        )
         print(plane.kubectl("get", "nodes", "-o", "wide").stdout)
 
         step("kubectl apply: a pod and a Job that tolerate the node's taint")
         print(plane.apply(MANIFESTS))
-        wait_for(lambda: plane.kubectl("get", "pod", "hello", "-o", "jsonpath={.status.phase}").stdout == "Succeeded",
-                 timeout=60, what="pod hello to succeed")
-        wait_for(lambda: plane.kubectl("get", "job", "count", "-o",
-                                       "jsonpath={.status.succeeded}").stdout == "1",
-                 timeout=90, what="job count to complete")
+        wait_for(
+            lambda: (
+                plane.kubectl("get", "pod", "hello", "-o", "jsonpath={.status.phase}").stdout == "Succeeded"
+            ),
+            timeout=60,
+            what="pod hello to succeed",
+        )
+        wait_for(
+            lambda: plane.kubectl("get", "job", "count", "-o", "jsonpath={.status.succeeded}").stdout == "1",
+            timeout=90,
+            what="job count to complete",
+        )
 
         step("kubectl get pods -o wide")
         print(plane.kubectl("get", "pods", "-o", "wide").stdout)

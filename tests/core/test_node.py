@@ -23,7 +23,9 @@ def test_a_node_registers_like_a_kubelet(k8s_cluster: ControlPlane, start_vkpy: 
     assert labels["vkpy.io/transport"] == "local"
     assert "kubernetes.io/arch" in labels
     # (The apiserver adds node.kubernetes.io/not-ready at creation; the node controller lifts it.)
-    assert {"key": "virtual-kubelet.io/provider", "value": "vkpy", "effect": "NoSchedule"} in node["spec"]["taints"]
+    assert {"key": "virtual-kubelet.io/provider", "value": "vkpy", "effect": "NoSchedule"} in node["spec"][
+        "taints"
+    ]
     status = node["status"]
     assert status["capacity"] == {"cpu": "4", "memory": "4Gi", "pods": "20"}
     assert status["allocatable"] == status["capacity"]
@@ -37,15 +39,24 @@ def test_a_node_registers_like_a_kubelet(k8s_cluster: ControlPlane, start_vkpy: 
     assert lease["spec"]["holderIdentity"] == "node-reg"
     assert lease["metadata"]["ownerReferences"][0]["uid"] == node["metadata"]["uid"]
     first = lease["spec"]["renewTime"]
-    wait_for(lambda: jsonpath(k8s_cluster, "lease", "node-reg", "{.spec.renewTime}", "kube-node-lease") != first,
-             timeout=25, what="the lease to be renewed")
+    wait_for(
+        lambda: jsonpath(k8s_cluster, "lease", "node-reg", "{.spec.renewTime}", "kube-node-lease") != first,
+        timeout=25,
+        what="the lease to be renewed",
+    )
 
 
-def test_configured_labels_and_taints(k8s_cluster: ControlPlane, start_vkpy: StartVkpy, tmp_path: Path) -> None:
+def test_configured_labels_and_taints(
+    k8s_cluster: ControlPlane, start_vkpy: StartVkpy, tmp_path: Path
+) -> None:
     from conftest import node_entry
 
-    entry = node_entry("node-cfg", tmp_path / "state", labels={"lab": "bench-3"},
-                       taints=[{"key": "lab/only", "value": "yes", "effect": "NoExecute"}])
+    entry = node_entry(
+        "node-cfg",
+        tmp_path / "state",
+        labels={"lab": "bench-3"},
+        taints=[{"key": "lab/only", "value": "yes", "effect": "NoExecute"}],
+    )
     start_vkpy([], nodes=[entry])
     wait_node_ready(k8s_cluster, "node-cfg")
     node = k8s_cluster.kubectl_json("get", "node", "node-cfg")
@@ -62,8 +73,11 @@ def test_unreachable_device_makes_the_node_not_ready_and_back(
     (probe_dir / "node-health.unreachable").write_text("serial cable unplugged")
 
     ready = "{.status.conditions[?(@.type=='Ready')]}"
-    wait_for(lambda: '"status":"False"' in jsonpath(k8s_cluster, "node", "node-health", ready),
-             timeout=30, what="node NotReady")
+    wait_for(
+        lambda: '"status":"False"' in jsonpath(k8s_cluster, "node", "node-health", ready),
+        timeout=30,
+        what="node NotReady",
+    )
     condition = jsonpath(k8s_cluster, "node", "node-health", ready)
     assert "ProbeUnreachable" in condition
     assert "serial cable unplugged" in condition
@@ -83,8 +97,16 @@ def test_a_deleted_node_is_registered_again(k8s_cluster: ControlPlane, start_vkp
         return uid if uid and uid != old_uid else ""
 
     uid = wait_for(new_uid, timeout=30, what="the node to be registered again")
-    wait_for(lambda: jsonpath(k8s_cluster, "lease", "node-again", "{.metadata.ownerReferences[0].uid}",
-                              "kube-node-lease") == uid, timeout=30, what="the lease to be re-owned")
+    wait_for(
+        lambda: (
+            jsonpath(
+                k8s_cluster, "lease", "node-again", "{.metadata.ownerReferences[0].uid}", "kube-node-lease"
+            )
+            == uid
+        ),
+        timeout=30,
+        what="the lease to be re-owned",
+    )
     wait_node_ready(k8s_cluster, "node-again")
 
 

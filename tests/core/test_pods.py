@@ -19,8 +19,11 @@ def test_a_pod_runs_and_its_logs_and_status_reach_kubectl(
 ) -> None:
     start_vkpy(["pods-basic"])
     wait_node_ready(k8s_cluster, "pods-basic")
-    k8s_cluster.apply(pod_manifest("hello", "pods-basic", ["sh", "-c", "echo one; echo two; echo three >&2; exit 0"],
-                                   k8s_namespace))
+    k8s_cluster.apply(
+        pod_manifest(
+            "hello", "pods-basic", ["sh", "-c", "echo one; echo two; echo three >&2; exit 0"], k8s_namespace
+        )
+    )
     wait_phase(k8s_cluster, "hello", k8s_namespace, "Succeeded")
 
     pod = k8s_cluster.kubectl_json("get", "pod", "hello", "-n", k8s_namespace)
@@ -36,13 +39,21 @@ def test_a_pod_runs_and_its_logs_and_status_reach_kubectl(
     assert conditions["Initialized"]["status"] == "True"
 
     logs = k8s_cluster.kubectl("logs", "hello", "-n", k8s_namespace).stdout
-    assert logs.splitlines() == ["one", "two", "three"] or sorted(logs.splitlines()) == ["one", "three", "two"]
-    assert k8s_cluster.kubectl("logs", "hello", "-n", k8s_namespace, "--tail=1").stdout.strip() in {"two", "three"}
+    assert logs.splitlines() == ["one", "two", "three"] or sorted(logs.splitlines()) == [
+        "one",
+        "three",
+        "two",
+    ]
+    assert k8s_cluster.kubectl("logs", "hello", "-n", k8s_namespace, "--tail=1").stdout.strip() in {
+        "two",
+        "three",
+    }
     stamped = k8s_cluster.kubectl("logs", "hello", "-n", k8s_namespace, "--timestamps").stdout.splitlines()
     assert stamped[0].split(" ", 1)[0].endswith("Z")
 
-    events = k8s_cluster.kubectl("get", "events", "-n", k8s_namespace, "--field-selector",
-                                 "involvedObject.name=hello", "-o", "json").stdout
+    events = k8s_cluster.kubectl(
+        "get", "events", "-n", k8s_namespace, "--field-selector", "involvedObject.name=hello", "-o", "json"
+    ).stdout
     reasons = {e["reason"] for e in json.loads(events)["items"]}
     assert "Created" in reasons
 
@@ -52,14 +63,27 @@ def test_kubectl_logs_follow_streams_live(
 ) -> None:
     start_vkpy(["pods-follow"])
     wait_node_ready(k8s_cluster, "pods-follow")
-    k8s_cluster.apply(pod_manifest(
-        "ticker", "pods-follow", ["sh", "-c", "for i in 1 2 3 4 5; do echo tick $i; sleep 1; done"], k8s_namespace
-    ))
+    k8s_cluster.apply(
+        pod_manifest(
+            "ticker",
+            "pods-follow",
+            ["sh", "-c", "for i in 1 2 3 4 5; do echo tick $i; sleep 1; done"],
+            k8s_namespace,
+        )
+    )
     wait_phase(k8s_cluster, "ticker", k8s_namespace, "Running")
     follow = subprocess.Popen(
-        [str(k8s_cluster.bin_dir / "kubectl"), f"--kubeconfig={k8s_cluster.admin_kubeconfig}", "logs", "-f",
-         "ticker", "-n", k8s_namespace],
-        stdout=subprocess.PIPE, text=True,
+        [
+            str(k8s_cluster.bin_dir / "kubectl"),
+            f"--kubeconfig={k8s_cluster.admin_kubeconfig}",
+            "logs",
+            "-f",
+            "ticker",
+            "-n",
+            k8s_namespace,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert follow.stdout is not None
     first = follow.stdout.readline().strip()
@@ -74,21 +98,52 @@ def test_restart_policy_and_crash_loop_backoff(
 ) -> None:
     start_vkpy(["pods-restart"])
     wait_node_ready(k8s_cluster, "pods-restart")
-    k8s_cluster.apply(pod_manifest("crasher", "pods-restart", ["sh", "-c", "echo crash; exit 3"], k8s_namespace,
-                                   restart_policy="Always"))
-    k8s_cluster.apply(pod_manifest("once", "pods-restart", ["sh", "-c", "exit 0"], k8s_namespace,
-                                   restart_policy="OnFailure"))
-    k8s_cluster.apply(pod_manifest("fails", "pods-restart", ["sh", "-c", "exit 7"], k8s_namespace,
-                                   restart_policy="Never"))
+    k8s_cluster.apply(
+        pod_manifest(
+            "crasher",
+            "pods-restart",
+            ["sh", "-c", "echo crash; exit 3"],
+            k8s_namespace,
+            restart_policy="Always",
+        )
+    )
+    k8s_cluster.apply(
+        pod_manifest(
+            "once", "pods-restart", ["sh", "-c", "exit 0"], k8s_namespace, restart_policy="OnFailure"
+        )
+    )
+    k8s_cluster.apply(
+        pod_manifest("fails", "pods-restart", ["sh", "-c", "exit 7"], k8s_namespace, restart_policy="Never")
+    )
 
-    wait_for(lambda: int(jsonpath(k8s_cluster, "pod", "crasher", "{.status.containerStatuses[0].restartCount}",
-                                  k8s_namespace) or 0) >= 2, timeout=60, what="two restarts")
+    wait_for(
+        lambda: (
+            int(
+                jsonpath(
+                    k8s_cluster,
+                    "pod",
+                    "crasher",
+                    "{.status.containerStatuses[0].restartCount}",
+                    k8s_namespace,
+                )
+                or 0
+            )
+            >= 2
+        ),
+        timeout=60,
+        what="two restarts",
+    )
     crasher = k8s_cluster.kubectl_json("get", "pod", "crasher", "-n", k8s_namespace)
     assert crasher["status"]["phase"] == "Running"
     last = crasher["status"]["containerStatuses"][0]["lastState"]["terminated"]
     assert last["exitCode"] == 3
-    wait_for(lambda: "CrashLoopBackOff" in k8s_cluster.kubectl("get", "pod", "crasher", "-n", k8s_namespace).stdout,
-             timeout=30, what="CrashLoopBackOff in kubectl get pods")
+    wait_for(
+        lambda: (
+            "CrashLoopBackOff" in k8s_cluster.kubectl("get", "pod", "crasher", "-n", k8s_namespace).stdout
+        ),
+        timeout=30,
+        what="CrashLoopBackOff in kubectl get pods",
+    )
     previous = k8s_cluster.kubectl("logs", "crasher", "-n", k8s_namespace, "--previous").stdout
     assert "crash" in previous
 
@@ -104,8 +159,15 @@ def test_graceful_delete_ends_when_the_device_is_done_not_at_the_deadline(
 ) -> None:
     start_vkpy(["pods-delete"])
     wait_node_ready(k8s_cluster, "pods-delete")
-    k8s_cluster.apply(pod_manifest("sleeper", "pods-delete", ["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
-                                   k8s_namespace, grace=300))
+    k8s_cluster.apply(
+        pod_manifest(
+            "sleeper",
+            "pods-delete",
+            ["sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
+            k8s_namespace,
+            grace=300,
+        )
+    )
     wait_phase(k8s_cluster, "sleeper", k8s_namespace, "Running")
     # With a 300 s grace period, a delete that returns within the 60 s timeout ended early.
     k8s_cluster.kubectl("delete", "pod", "sleeper", "-n", k8s_namespace, "--timeout=60s")
@@ -121,10 +183,16 @@ def test_force_delete_still_reaches_the_device(
     wait_phase(k8s_cluster, "stubborn", k8s_namespace, "Running")
     uid = jsonpath(k8s_cluster, "pod", "stubborn", "{.metadata.uid}", k8s_namespace)
     k8s_cluster.kubectl("delete", "pod", "stubborn", "-n", k8s_namespace, "--force", "--grace-period=0")
-    wait_for(lambda: [c for c in probe_calls(probe_dir, "pods-force", "delete_pod") if c["uid"] == uid],
-             timeout=30, what="delete_pod to reach the device")
-    wait_for(lambda: not (tmp_path / "state" / "pods-force" / uid).exists(), timeout=30,
-             what="the pod's state on the device to be cleaned up")
+    wait_for(
+        lambda: [c for c in probe_calls(probe_dir, "pods-force", "delete_pod") if c["uid"] == uid],
+        timeout=30,
+        what="delete_pod to reach the device",
+    )
+    wait_for(
+        lambda: not (tmp_path / "state" / "pods-force" / uid).exists(),
+        timeout=30,
+        what="the pod's state on the device to be cleaned up",
+    )
 
 
 def test_a_pod_is_never_created_twice_across_a_restart(
@@ -132,8 +200,11 @@ def test_a_pod_is_never_created_twice_across_a_restart(
 ) -> None:
     vkpy = start_vkpy(["pods-adopt"])
     wait_node_ready(k8s_cluster, "pods-adopt")
-    k8s_cluster.apply(pod_manifest("survivor", "pods-adopt",
-                                   ["sh", "-c", "echo started; sleep 4; echo finished"], k8s_namespace))
+    k8s_cluster.apply(
+        pod_manifest(
+            "survivor", "pods-adopt", ["sh", "-c", "echo started; sleep 4; echo finished"], k8s_namespace
+        )
+    )
     wait_phase(k8s_cluster, "survivor", k8s_namespace, "Running")
     assert vkpy.stop() == 0
 
@@ -170,7 +241,9 @@ def test_plugin_errors_become_events_and_are_retried(
     k8s_cluster.apply(pod_manifest("flaky", "pods-errors", ["sh", "-c", "echo made it"], k8s_namespace))
     wait_phase(k8s_cluster, "flaky", k8s_namespace, "Succeeded", timeout=60)
     assert len(probe_calls(probe_dir, "pods-errors", "create_pod")) == 3
-    events = json.loads(k8s_cluster.kubectl("get", "events", "-n", k8s_namespace, "-o", "json").stdout)["items"]
+    events = json.loads(k8s_cluster.kubectl("get", "events", "-n", k8s_namespace, "-o", "json").stdout)[
+        "items"
+    ]
     warnings = [e for e in events if e["type"] == "Warning" and e["involvedObject"]["name"] == "flaky"]
     assert any("injected create failure" in e["message"] for e in warnings)
 

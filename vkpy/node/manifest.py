@@ -69,7 +69,9 @@ def node_object(facts: NodeFacts, readiness: Readiness, now: datetime.datetime) 
     }
 
 
-def _condition(kind: str, status: bool, reason: str, message: str, now: str, previous: Mapping[str, Any] | None) -> JSON:
+def _condition(
+    kind: str, status: bool, reason: str, message: str, now: str, previous: Mapping[str, Any] | None
+) -> JSON:
     value = "True" if status else "False"
     transition = previous.get("lastTransitionTime") if previous and previous.get("status") == value else None
     return {
@@ -87,13 +89,33 @@ def conditions(readiness: Readiness, now: datetime.datetime, previous_conditions
     stamp = rfc3339(now)
     previous = {c.get("type"): c for c in previous_conditions}
     return [
-        _condition("Ready", readiness.ready, readiness.reason, readiness.message, stamp, previous.get("Ready")),
-        _condition("MemoryPressure", False, "DeviceHasSufficientMemory", "not reported by the device",
-                   stamp, previous.get("MemoryPressure")),
-        _condition("DiskPressure", False, "DeviceHasNoDiskPressure", "not reported by the device",
-                   stamp, previous.get("DiskPressure")),
-        _condition("PIDPressure", False, "DeviceHasSufficientPID", "not reported by the device",
-                   stamp, previous.get("PIDPressure")),
+        _condition(
+            "Ready", readiness.ready, readiness.reason, readiness.message, stamp, previous.get("Ready")
+        ),
+        _condition(
+            "MemoryPressure",
+            False,
+            "DeviceHasSufficientMemory",
+            "not reported by the device",
+            stamp,
+            previous.get("MemoryPressure"),
+        ),
+        _condition(
+            "DiskPressure",
+            False,
+            "DeviceHasNoDiskPressure",
+            "not reported by the device",
+            stamp,
+            previous.get("DiskPressure"),
+        ),
+        _condition(
+            "PIDPressure",
+            False,
+            "DeviceHasSufficientPID",
+            "not reported by the device",
+            stamp,
+            previous.get("PIDPressure"),
+        ),
     ]
 
 

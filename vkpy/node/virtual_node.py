@@ -80,8 +80,9 @@ class VirtualNode:
 
     def set_health(self, health: DeviceHealth) -> None:
         if health != self.health:
-            self._log.info("node.device_health", reachable=health.reachable, reason=health.reason,
-                           message=health.message)
+            self._log.info(
+                "node.device_health", reachable=health.reachable, reason=health.reason, message=health.message
+            )
             self.health = health
             self._wake.set()
 
@@ -98,10 +99,16 @@ class VirtualNode:
         if not self.pods_synced:
             return Readiness(False, "PodCacheNotSynced", "vkpy has not yet listed this node's pods")
         if not self.health.reachable:
-            return Readiness(False, self.health.reason or "DeviceUnreachable",
-                             self.health.message or "the device cannot be reached")
-        return Readiness(True, "KubeletReady", f"vkpy is posting ready status; device reachable via "
-                                               f"{self.config.transport}")
+            return Readiness(
+                False,
+                self.health.reason or "DeviceUnreachable",
+                self.health.message or "the device cannot be reached",
+            )
+        return Readiness(
+            True,
+            "KubeletReady",
+            f"vkpy is posting ready status; device reachable via {self.config.transport}",
+        )
 
     def facts(self) -> NodeFacts:
         capacity = dict(self.config.capacity or self._device_capacity or manifest.DEFAULT_CAPACITY)
@@ -112,7 +119,8 @@ class VirtualNode:
             taint_dicts = (manifest.DEFAULT_TAINT,)
         else:
             taint_dicts = tuple(
-                {k: v for k, v in (("key", t.key), ("value", t.value), ("effect", t.effect)) if v} for t in taints
+                {k: v for k, v in (("key", t.key), ("value", t.value), ("effect", t.effect)) if v}
+                for t in taints
             )
         return NodeFacts(
             name=self.name,
@@ -163,7 +171,9 @@ class VirtualNode:
             facts = self.facts()
             readiness = self.readiness()
             try:
-                created = await self.client.create("/api/v1/nodes", manifest.node_object(facts, readiness, now()))
+                created = await self.client.create(
+                    "/api/v1/nodes", manifest.node_object(facts, readiness, now())
+                )
                 self.uid = created["metadata"]["uid"]
                 self._log.info("node.registered", uid=self.uid)
             except KubeError as exc:
@@ -189,7 +199,7 @@ class VirtualNode:
 
     async def _ensure_lease(self) -> None:
         stamp = micro_time(now())
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {
@@ -204,7 +214,9 @@ class VirtualNode:
             },
         }
         try:
-            await self.client.create(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", body)
+            await self.client.create(
+                f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", body
+            )
         except KubeError as exc:
             if not exc.conflict:
                 raise
@@ -218,8 +230,13 @@ class VirtualNode:
         try:
             await self.client.patch(
                 self._lease_path(),
-                {"spec": {"renewTime": micro_time(now()), "holderIdentity": self.name,
-                          "leaseDurationSeconds": LEASE_DURATION_SECONDS}},
+                {
+                    "spec": {
+                        "renewTime": micro_time(now()),
+                        "holderIdentity": self.name,
+                        "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                    }
+                },
                 content_type="application/merge-patch+json",
             )
         except KubeError as exc:

@@ -48,7 +48,9 @@ async def call_first(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) ->
     raise NoImplementation(f"no plugin on this node implements {hook_name!r}")
 
 
-async def call_all(pm: pluggy.PluginManager, hook_name: str, *, reverse: bool = False, **kwargs: Any) -> list[Any]:
+async def call_all(
+    pm: pluggy.PluginManager, hook_name: str, *, reverse: bool = False, **kwargs: Any
+) -> list[Any]:
     """Run every implementation (transport first, unless ``reverse``); collect non-None results."""
     impls = _implementations(pm, hook_name)
     if not reverse:

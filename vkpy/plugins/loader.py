@@ -3,6 +3,7 @@ is reported by name and does not stop the others, and building a node's PluginMa
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import types
@@ -20,9 +21,7 @@ from vkpy.plugins.transport import Transport
 ENTRY_POINT_GROUP = "vkpy"
 log = structlog.get_logger("vkpy.plugins")
 
-_HOOK_NAMES = frozenset(
-    name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "vkpy_spec")
-)
+_HOOK_NAMES = frozenset(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "vkpy_spec"))
 
 
 @attrs.frozen
@@ -48,7 +47,9 @@ class PluginRegistry:
     def device_plugins(self) -> list[str]:
         return sorted(name for name, info in self.infos.items() if not info.transports)
 
-    def node_plugin_manager(self, transport: Transport, device_plugins: Iterable[str]) -> pluggy.PluginManager:
+    def node_plugin_manager(
+        self, transport: Transport, device_plugins: Iterable[str]
+    ) -> pluggy.PluginManager:
         """A PluginManager holding exactly the node's transport and its device plugins, in order."""
         pm = pluggy.PluginManager("vkpy")
         pm.add_hookspecs(hookspecs)
@@ -69,6 +70,10 @@ def _hook_names(plugin: Any) -> list[str]:
     return names
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> PluginRegistry:
     """Load every ``vkpy`` entry point (limited by ``$VKPY_LOAD_PLUGINS``, a comma list, if set),
     plus ``extra`` (name, module) pairs registered by hand (tests, embedding)."""
@@ -83,7 +88,15 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> PluginRegistry:
         version = ep.dist.version if ep.dist else "?"
         candidates.append((ep.name, ep.load, ep.value, dist, version))
     for name, module in extra:
-        candidates.append((name, lambda m=module: m, getattr(module, "__name__", repr(module)), "(registered)", "-"))
+        candidates.append(
+            (
+                name,
+                functools.partial(_identity, module),
+                getattr(module, "__name__", repr(module)),
+                "(registered)",
+                "-",
+            )
+        )
 
     for name, load, module_name, dist, version in candidates:
         if name in registry.plugins or name in registry.errors:
@@ -97,7 +110,9 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> PluginRegistry:
         try:
             plugin = load()
         except Exception as exc:  # a broken plugin must not stop the others
-            registry.errors[name] = f"plugin {name!r} ({module_name}) failed to import: {type(exc).__name__}: {exc}"
+            registry.errors[name] = (
+                f"plugin {name!r} ({module_name}) failed to import: {type(exc).__name__}: {exc}"
+            )
             log.error("plugin.load_failed", plugin=name, module=module_name, error=str(exc))
             continue
         hooks = _hook_names(plugin)
@@ -110,7 +125,13 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> PluginRegistry:
             continue
         provided: list[str] = []
         if "register_transports" in hooks:
-            def register(transport_name: str, cls: type[Transport], _plugin: str = name) -> None:
+
+            def register(
+                transport_name: str,
+                cls: type[Transport],
+                _plugin: str = name,
+                _provided: list[str] = provided,
+            ) -> None:
                 if not (isinstance(cls, type) and issubclass(cls, Transport)):
                     raise PluginError(f"plugin {_plugin!r} registered {cls!r}, which is not a vkpy.Transport")
                 if transport_name in registry.transports:
@@ -121,7 +142,7 @@ def load_plugins(extra: Iterable[tuple[str, Any]] = ()) -> PluginRegistry:
                 cls.name = transport_name
                 registry.transports[transport_name] = cls
                 registry.transport_owner[transport_name] = _plugin
-                provided.append(transport_name)
+                _provided.append(transport_name)
 
             try:
                 plugin.register_transports(register=register)

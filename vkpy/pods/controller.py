@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import functools
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
 
 import structlog
@@ -37,8 +38,14 @@ class PodController:
         self.watchers: list[Watcher] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._orphans_checked: set[str] = set()
+        self._background_tasks: set[asyncio.Task[None]] = set()
         for node in self.nodes.values():
             node.add_status_listener(self._poke)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
 
     # -- watches -----------------------------------------------------------------------------------
     def _groups(self) -> list[tuple[KubeClient, list[VirtualNode]]]:
@@ -50,16 +57,13 @@ class PodController:
     def start(self) -> None:
         for client, members in self._groups():
             names = {n.name for n in members}
-            if len(members) == 1:
-                selector = f"spec.nodeName={members[0].name}"
-            else:
-                selector = "spec.nodeName!="
+            selector = f"spec.nodeName={members[0].name}" if len(members) == 1 else "spec.nodeName!="
             watcher = Watcher(
                 client=client,
                 path="/api/v1/pods",
                 query={"fieldSelector": selector},
-                on_event=lambda kind, obj, _names=names: self._on_event(kind, obj, _names),
-                on_synced=lambda items, _names=names: self._on_synced(items, _names),
+                on_event=functools.partial(self._on_event, names=names),
+                on_synced=functools.partial(self._on_synced, names=names),
                 name=f"pods:{','.join(sorted(names))[:60]}",
             )
             self.watchers.append(watcher)
@@ -67,10 +71,11 @@ class PodController:
             node_watcher = Watcher(
                 client=client,
                 path="/api/v1/nodes",
-                query={"fieldSelector": f"metadata.name={members[0].name}"} if len(members) == 1
+                query={"fieldSelector": f"metadata.name={members[0].name}"}
+                if len(members) == 1
                 else {"labelSelector": "type=virtual-kubelet"},
-                on_event=lambda kind, obj, _names=names: self._on_node_event(kind, obj, _names),
-                on_synced=lambda items, _names=names: self._on_node_synced(items, _names),
+                on_event=functools.partial(self._on_node_event, names=names),
+                on_synced=functools.partial(self._on_node_synced, names=names),
                 name=f"nodes:{','.join(sorted(names))[:60]}",
             )
             self.watchers.append(node_watcher)
@@ -109,12 +114,12 @@ class PodController:
             self.nodes[name].mark_pods_synced()
             if name not in self._orphans_checked:
                 self._orphans_checked.add(name)
-                asyncio.create_task(self._clean_orphans(self.nodes[name], present[name]))
+                self._background(self._clean_orphans(self.nodes[name], present[name]))
 
     def _on_node_event(self, kind: str, obj: JSON, names: set[str]) -> None:
         name = obj.get("metadata", {}).get("name")
         if kind == "DELETED" and name in names:
-            asyncio.create_task(self._reregister(self.nodes[name]))
+            self._background(self._reregister(self.nodes[name]))
 
     async def _on_node_synced(self, items: list[JSON], names: set[str]) -> None:
         listed = {obj.get("metadata", {}).get("name") for obj in items}
@@ -137,7 +142,9 @@ class PodController:
             for uid in set(held or ()) - known - set(self.workers):
                 log.info("pod.orphan_deleted", node=node.name, pod_uid=uid)
                 orphan = Pod(uid=uid, namespace="", name="", node_name=node.name, containers=())
-                await dispatch.call_first(node.pm, "delete_pod", node=node, pod=orphan, grace_period_seconds=0)
+                await dispatch.call_first(
+                    node.pm, "delete_pod", node=node, pod=orphan, grace_period_seconds=0
+                )
         except Exception as exc:
             log.warning("pod.orphan_check_failed", node=node.name, error=str(exc))
 
@@ -180,7 +187,12 @@ class PodController:
         if worker is None:
             raise LogsNotAvailable(f"pod {pod.key} is not on this node")
         result: Any = await dispatch.call_first(
-            worker.node.pm, "get_container_logs", node=worker.node, pod=pod, container_name=container, options=options
+            worker.node.pm,
+            "get_container_logs",
+            node=worker.node,
+            pod=pod,
+            container_name=container,
+            options=options,
         )
         # Closing our generator (client gone) must close the plugin's stream too (an SSH channel...).
         async with contextlib.aclosing(result):

@@ -36,8 +36,11 @@ def _container(raw: Mapping[str, Any], resolved: ResolvedEnv) -> Container:
             )
             for m in raw.get("volumeMounts") or []
         ),
-        resources={k: {rk: str(rv) for rk, rv in (v or {}).items()} for k, v in resources.items()
-                   if k in {"limits", "requests"}},
+        resources={
+            k: {rk: str(rv) for rk, rv in (v or {}).items()}
+            for k, v in resources.items()
+            if k in {"limits", "requests"}
+        },
     )
 
 
@@ -45,7 +48,9 @@ def _volume_kind(raw: Mapping[str, Any]) -> str:
     return next((key for key in raw if key != "name"), "unknown")
 
 
-def to_pod(manifest: Mapping[str, Any], env: ResolvedEnv | None = None, volumes: ResolvedVolumes | None = None) -> Pod:
+def to_pod(
+    manifest: Mapping[str, Any], env: ResolvedEnv | None = None, volumes: ResolvedVolumes | None = None
+) -> Pod:
     """Build the plugin's view; without resolved env/volumes, containers carry their raw command."""
     meta = manifest.get("metadata", {})
     spec = manifest.get("spec", {})

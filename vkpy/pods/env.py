@@ -22,11 +22,20 @@ Fetch = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 _SUFFIX = {
-    None: decimal.Decimal(1), "m": decimal.Decimal("0.001"), "k": decimal.Decimal(10) ** 3,
-    "M": decimal.Decimal(10) ** 6, "G": decimal.Decimal(10) ** 9, "T": decimal.Decimal(10) ** 12,
-    "P": decimal.Decimal(10) ** 15, "E": decimal.Decimal(10) ** 18, "Ki": decimal.Decimal(2) ** 10,
-    "Mi": decimal.Decimal(2) ** 20, "Gi": decimal.Decimal(2) ** 30, "Ti": decimal.Decimal(2) ** 40,
-    "Pi": decimal.Decimal(2) ** 50, "Ei": decimal.Decimal(2) ** 60,
+    None: decimal.Decimal(1),
+    "m": decimal.Decimal("0.001"),
+    "k": decimal.Decimal(10) ** 3,
+    "M": decimal.Decimal(10) ** 6,
+    "G": decimal.Decimal(10) ** 9,
+    "T": decimal.Decimal(10) ** 12,
+    "P": decimal.Decimal(10) ** 15,
+    "E": decimal.Decimal(10) ** 18,
+    "Ki": decimal.Decimal(2) ** 10,
+    "Mi": decimal.Decimal(2) ** 20,
+    "Gi": decimal.Decimal(2) ** 30,
+    "Ti": decimal.Decimal(2) ** 40,
+    "Pi": decimal.Decimal(2) ** 50,
+    "Ei": decimal.Decimal(2) ** 60,
 }
 
 
@@ -77,7 +86,9 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 
 def _decode_secret(obj: Mapping[str, Any]) -> dict[str, str]:
-    data = {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in (obj.get("data") or {}).items()}
+    data = {
+        k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in (obj.get("data") or {}).items()
+    }
     data.update({k: str(v) for k, v in (obj.get("stringData") or {}).items()})
     return data
 
@@ -114,11 +125,15 @@ def field_value(pod: Mapping[str, Any], field_path: str) -> str:
 
 
 def resource_value(
-    pod: Mapping[str, Any], container_name: str, resource: str, divisor: str | None, node_allocatable: Mapping[str, str]
+    pod: Mapping[str, Any],
+    container_name: str,
+    resource: str,
+    divisor: str | None,
+    node_allocatable: Mapping[str, str],
 ) -> str:
     """``resourceFieldRef``: the container's limit or request in units of ``divisor``, rounded up;
     a missing limit reads the node's allocatable, as the kubelet does."""
-    container = next(
+    container: Mapping[str, Any] = next(
         (c for c in pod.get("spec", {}).get("containers", []) if c.get("name") == container_name), {}
     )
     section, _, name = resource.partition(".")
@@ -163,38 +178,56 @@ class EnvResolver:
         if data is None or key not in data:
             what = f"{label} {name!r}" if data is None else f"key {key!r} in {label} {name!r}"
             if optional:
-                self.warnings.append(EnvWarning("OptionalEnvSourceMissing",
-                                                f"container {container}: env {env_name}: {what} not found (optional: skipped)"))
+                self.warnings.append(
+                    EnvWarning(
+                        "OptionalEnvSourceMissing",
+                        f"container {container}: env {env_name}: {what} not found (optional: skipped)",
+                    )
+                )
                 return None
             raise EnvMissing(f"container {container}: env {env_name}: {what} not found")
         return data[key]
 
-    async def resolve(self, container: Mapping[str, Any]) -> tuple[dict[str, str], tuple[str, ...], tuple[str, ...]]:
+    async def resolve(
+        self, container: Mapping[str, Any]
+    ) -> tuple[dict[str, str], tuple[str, ...], tuple[str, ...]]:
         """(env, command, args) of one container, resolved and expanded."""
         cname = str(container.get("name", ""))
         env: dict[str, str] = {}
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
-            kind, ref = (("secret", source["secretRef"]) if "secretRef" in source
-                         else ("configmap", source.get("configMapRef") or {}))
+            kind, ref = (
+                ("secret", source["secretRef"])
+                if "secretRef" in source
+                else ("configmap", source.get("configMapRef") or {})
+            )
             label = "Secret" if kind == "secret" else "ConfigMap"
             data = await self._source(kind, ref.get("name", ""))
             if data is None:
                 if ref.get("optional"):
-                    self.warnings.append(EnvWarning("OptionalEnvSourceMissing",
-                                                    f"container {cname}: envFrom {label} {ref.get('name')!r} not found (optional: skipped)"))
+                    self.warnings.append(
+                        EnvWarning(
+                            "OptionalEnvSourceMissing",
+                            f"container {cname}: envFrom {label} {ref.get('name')!r} not found "
+                            "(optional: skipped)",
+                        )
+                    )
                     continue
                 raise EnvMissing(f"container {cname}: envFrom {label} {ref.get('name')!r} not found")
             invalid = []
-            for key, value in data.items():
+            for key, source_value in data.items():
                 if _ENV_NAME.match(prefix + key):
-                    env[prefix + key] = value
+                    env[prefix + key] = source_value
                 else:
                     invalid.append(key)
             if invalid:
-                self.warnings.append(EnvWarning("InvalidEnvironmentVariableNames",
-                                                f"keys {sorted(invalid)} from envFrom {label} {ref.get('name')!r} "
-                                                "were skipped: not valid environment variable names"))
+                self.warnings.append(
+                    EnvWarning(
+                        "InvalidEnvironmentVariableNames",
+                        f"keys {sorted(invalid)} from envFrom {label} {ref.get('name')!r} "
+                        "were skipped: not valid environment variable names",
+                    )
+                )
         for item in container.get("env") or []:
             name = str(item.get("name", ""))
             if "valueFrom" not in item:
@@ -206,8 +239,13 @@ class EnvResolver:
                 value = field_value(self.pod, source["fieldRef"].get("fieldPath", ""))
             elif "resourceFieldRef" in source:
                 ref = source["resourceFieldRef"]
-                value = resource_value(self.pod, ref.get("containerName") or cname, ref.get("resource", ""),
-                                       ref.get("divisor"), self.node_allocatable)
+                value = resource_value(
+                    self.pod,
+                    ref.get("containerName") or cname,
+                    ref.get("resource", ""),
+                    ref.get("divisor"),
+                    self.node_allocatable,
+                )
             elif "configMapKeyRef" in source:
                 value = await self._key("configmap", source["configMapKeyRef"], name, cname)
             elif "secretKeyRef" in source:
@@ -239,7 +277,9 @@ async def resolve_volume_sources(
                 if source.get("optional"):
                     out[volume["name"]] = (kind, [], secret)
                     continue
-                raise EnvMissing(f"volume {volume['name']}: {'Secret' if secret else 'ConfigMap'} {name!r} not found")
+                raise EnvMissing(
+                    f"volume {volume['name']}: {'Secret' if secret else 'ConfigMap'} {name!r} not found"
+                )
             raw: dict[str, bytes] = {}
             for key, value in (obj.get("data") or {}).items():
                 raw[key] = base64.b64decode(value) if secret else str(value).encode()
@@ -253,7 +293,9 @@ async def resolve_volume_sources(
                         if source.get("optional"):
                             continue
                         raise EnvMissing(f"volume {volume['name']}: key {item.get('key')!r} not found")
-                    files.append((item.get("path", item["key"]), raw[item["key"]], int(item.get("mode", default_mode))))
+                    files.append(
+                        (item.get("path", item["key"]), raw[item["key"]], int(item.get("mode", default_mode)))
+                    )
             else:
                 files = [(key, value, default_mode) for key, value in sorted(raw.items())]
             out[volume["name"]] = (kind, files, secret)

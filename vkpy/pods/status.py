@@ -161,8 +161,9 @@ def _phase(
     return "Pending"
 
 
-def _condition(kind: str, ok: bool, now: str, previous: Mapping[str, Any] | None, reason: str = "",
-               message: str = "") -> JSON:
+def _condition(
+    kind: str, ok: bool, now: str, previous: Mapping[str, Any] | None, reason: str = "", message: str = ""
+) -> JSON:
     value = "True" if ok else "False"
     same = previous is not None and previous.get("status") == value
     condition: JSON = {
@@ -187,13 +188,17 @@ def compute_status(obs: Observation) -> JSON:
     stamp = rfc3339(obs.now)
     restart_policy = str(spec.get("restartPolicy", "Always"))
     previous_statuses = {
-        s.get("name"): s for s in (current.get("containerStatuses") or []) + (current.get("initContainerStatuses") or [])
+        s.get("name"): s
+        for s in (current.get("containerStatuses") or []) + (current.get("initContainerStatuses") or [])
     }
 
     init_specs = spec.get("initContainers") or []
     specs = spec.get("containers") or []
     init_states = [_effective_state(c["name"], obs, init=True) for c in init_specs]
-    states = [(_effective_state(c["name"], obs, init=False), obs.records.get(c["name"], ContainerRecord())) for c in specs]
+    states = [
+        (_effective_state(c["name"], obs, init=False), obs.records.get(c["name"], ContainerRecord()))
+        for c in specs
+    ]
 
     phase = _phase(restart_policy, init_states, states)
     reason = message = ""
@@ -204,19 +209,25 @@ def compute_status(obs: Observation) -> JSON:
         reason, message = str(current.get("reason", reason) or ""), str(current.get("message", message) or "")
 
     init_statuses = [
-        _container_status(uid, c, s, obs.records.get(c["name"], ContainerRecord()), obs.now,
-                          previous_statuses.get(c["name"]))
+        _container_status(
+            uid,
+            c,
+            s,
+            obs.records.get(c["name"], ContainerRecord()),
+            obs.now,
+            previous_statuses.get(c["name"]),
+        )
         for c, s in zip(init_specs, init_states, strict=True)
     ]
-    for status in init_statuses:
-        status["ready"] = "terminated" in status["state"] and status["state"]["terminated"]["exitCode"] == 0
+    for entry in init_statuses:
+        entry["ready"] = "terminated" in entry["state"] and entry["state"]["terminated"]["exitCode"] == 0
     container_statuses = [
         _container_status(uid, c, s, r, obs.now, previous_statuses.get(c["name"]))
         for c, (s, r) in zip(specs, states, strict=True)
     ]
     if phase in TERMINAL_PHASES:
-        for status in container_statuses:
-            status["ready"] = False
+        for entry in container_statuses:
+            entry["ready"] = False
 
     initialized = all(isinstance(s, Terminated) and s.succeeded for s in init_states)
     unready = [s["name"] for s in container_statuses if not s["ready"]]
@@ -224,32 +235,66 @@ def compute_status(obs: Observation) -> JSON:
     gates = [g.get("conditionType") for g in spec.get("readinessGates") or []]
     gates_ok = all(previous_conditions.get(g, {}).get("status") == "True" for g in gates)
     ours = {
-        "PodReadyToStartContainers": _condition("PodReadyToStartContainers", obs.created, stamp,
-                                                previous_conditions.get("PodReadyToStartContainers")),
+        "PodReadyToStartContainers": _condition(
+            "PodReadyToStartContainers",
+            obs.created,
+            stamp,
+            previous_conditions.get("PodReadyToStartContainers"),
+        ),
         "Initialized": _condition(
-            "Initialized", initialized, stamp, previous_conditions.get("Initialized"),
+            "Initialized",
+            initialized,
+            stamp,
+            previous_conditions.get("Initialized"),
             "" if initialized else "ContainersNotInitialized",
-            "" if initialized else "containers with incomplete status: ["
-            + " ".join(c["name"] for c, s in zip(init_specs, init_states, strict=True)
-                       if not (isinstance(s, Terminated) and s.succeeded)) + "]",
+            ""
+            if initialized
+            else "containers with incomplete status: ["
+            + " ".join(
+                c["name"]
+                for c, s in zip(init_specs, init_states, strict=True)
+                if not (isinstance(s, Terminated) and s.succeeded)
+            )
+            + "]",
         ),
         "ContainersReady": _condition(
-            "ContainersReady", not unready, stamp, previous_conditions.get("ContainersReady"),
+            "ContainersReady",
+            not unready,
+            stamp,
+            previous_conditions.get("ContainersReady"),
             "PodCompleted" if phase in TERMINAL_PHASES else ("" if not unready else "ContainersNotReady"),
-            "" if not unready or phase in TERMINAL_PHASES else f"containers with unready status: [{' '.join(unready)}]",
+            ""
+            if not unready or phase in TERMINAL_PHASES
+            else f"containers with unready status: [{' '.join(unready)}]",
         ),
         "Ready": _condition(
-            "Ready", not unready and gates_ok, stamp, previous_conditions.get("Ready"),
-            "PodCompleted" if phase in TERMINAL_PHASES else ("" if not unready and gates_ok else
-                                                              "ContainersNotReady" if unready else "ReadinessGatesNotReady"),
-            "" if not unready or phase in TERMINAL_PHASES else f"containers with unready status: [{' '.join(unready)}]",
+            "Ready",
+            not unready and gates_ok,
+            stamp,
+            previous_conditions.get("Ready"),
+            "PodCompleted"
+            if phase in TERMINAL_PHASES
+            else (
+                ""
+                if not unready and gates_ok
+                else "ContainersNotReady"
+                if unready
+                else "ReadinessGatesNotReady"
+            ),
+            ""
+            if not unready or phase in TERMINAL_PHASES
+            else f"containers with unready status: [{' '.join(unready)}]",
         ),
     }
     if "PodScheduled" not in previous_conditions:
         ours["PodScheduled"] = _condition("PodScheduled", True, stamp, None)
     conditions = [ours.pop(c["type"], c) for c in current.get("conditions") or []] + list(ours.values())
 
-    pod_ip = (obs.report.pod_ip if obs.report and obs.report.pod_ip else None) or current.get("podIP") or obs.host_ip
+    pod_ip = (
+        (obs.report.pod_ip if obs.report and obs.report.pod_ip else None)
+        or current.get("podIP")
+        or obs.host_ip
+    )
     status: JSON = {
         "phase": phase,
         "conditions": conditions,
@@ -270,13 +315,24 @@ def compute_status(obs: Observation) -> JSON:
     return status
 
 
-_COMPARED = ("phase", "conditions", "hostIP", "podIP", "startTime", "containerStatuses",
-             "initContainerStatuses", "reason", "message")
+_COMPARED = (
+    "phase",
+    "conditions",
+    "hostIP",
+    "podIP",
+    "startTime",
+    "containerStatuses",
+    "initContainerStatuses",
+    "reason",
+    "message",
+)
 
 
 def _without_times(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without_times(v) for k, v in value.items() if k not in {"lastProbeTime", "lastTransitionTime"}}
+        return {
+            k: _without_times(v) for k, v in value.items() if k not in {"lastProbeTime", "lastTransitionTime"}
+        }
     if isinstance(value, list):
         return [_without_times(v) for v in value]
     return value
@@ -284,6 +340,4 @@ def _without_times(value: Any) -> Any:
 
 def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """True when a write would change what the user sees (condition timestamps alone do not count)."""
-    return any(
-        _without_times(current.get(key)) != _without_times(desired.get(key)) for key in _COMPARED
-    )
+    return any(_without_times(current.get(key)) != _without_times(desired.get(key)) for key in _COMPARED)

@@ -16,12 +16,12 @@ import structlog
 
 from vkpy.errors import DeviceUnreachable, PodRejected
 from vkpy.kube import JSON, MERGE_PATCH, KubeError, now
+from vkpy.plugins import dispatch
 from vkpy.pods import status as status_mod
 from vkpy.pods.convert import mutable_spec_digest, to_pod
 from vkpy.pods.env import EnvMissing, EnvResolver, resolve_volume_sources
 from vkpy.pods.events import EventRecorder
 from vkpy.pods.status import ContainerRecord, Observation, PodFailure
-from vkpy.plugins import dispatch
 from vkpy.types import Pod, PodStatusReport, Running, Terminated, Waiting
 from vkpy.watching import Backoff
 
@@ -71,6 +71,7 @@ class PodWorker:
         self._announced_running: set[str] = set()
         self._wake = asyncio.Event()
         self._attempt = 0
+        self._create_attempts = 0
         self._task: asyncio.Task[None] | None = None
         self.log = log.bind(node=node.name, pod_uid=uid)
 
@@ -95,6 +96,10 @@ class PodWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _is_finished(self) -> bool:
+        # A method, not the attribute: mypy would narrow `finished` and call the check unreachable.
+        return self.finished
+
     @property
     def pm(self) -> Any:
         return self.node.pm
@@ -107,7 +112,9 @@ class PodWorker:
     # -- loop ------------------------------------------------------------------------------------
     async def _run(self) -> None:
         try:
-            while not self.finished:
+            while True:
+                if self.finished:
+                    break
                 self._wake.clear()
                 try:
                     delay = await self._step()
@@ -117,9 +124,14 @@ class PodWorker:
                 except Exception as exc:
                     delay = ERROR_BACKOFF.delay(self._attempt)
                     self._attempt += 1
-                    self.log.warning("pod.reconcile_failed", error=str(exc), error_type=type(exc).__name__,
-                                     retry_in=round(delay, 1), attempt=self._attempt)
-                if self.finished:
+                    self.log.warning(
+                        "pod.reconcile_failed",
+                        error=str(exc),
+                        error_type=type(exc).__name__,
+                        retry_in=round(delay, 1),
+                        attempt=self._attempt,
+                    )
+                if self._is_finished():
                     break
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -151,8 +163,6 @@ class PodWorker:
         return float(getattr(self.node.config, "status_interval", 10.0) or 10.0)
 
     # -- create / adopt ----------------------------------------------------------------------------
-    _create_attempts = 0
-
     async def _check_device(self, manifest: JSON) -> None:
         """Before creating a pod this process did not create, ask the device: a pod it already runs
         is adopted; one that had started but is gone was lost while vkpy was away."""
@@ -164,7 +174,10 @@ class PodWorker:
             self.spec_digest = mutable_spec_digest(manifest)
             self._restore_records(manifest)
             self.log.info("pod.adopted")
-        elif _was_started(manifest) and manifest.get("status", {}).get("phase") not in status_mod.TERMINAL_PHASES:
+        elif (
+            _was_started(manifest)
+            and manifest.get("status", {}).get("phase") not in status_mod.TERMINAL_PHASES
+        ):
             self._restore_records(manifest)
             self.failure = PodFailure(
                 "DeviceLost",
@@ -237,8 +250,12 @@ class PodWorker:
         self.created = True
         self.waiting_override.clear()
         self.spec_digest = mutable_spec_digest(manifest)
-        self.events.emit(manifest, "Normal", "Created", f"Created on device of node {self.node.name} "
-                                                       f"via {self.node.config.transport}")
+        self.events.emit(
+            manifest,
+            "Normal",
+            "Created",
+            f"Created on device of node {self.node.name} via {self.node.config.transport}",
+        )
         self.log.info("pod.created")
         return True
 
@@ -297,15 +314,25 @@ class PodWorker:
                     continue
             elif _should_restart(policy, state):
                 self._seen_terminations[name] = state
-                ran = (state.finished_at - state.started_at).total_seconds() if (
-                    state.finished_at and state.started_at) else 0
-                record.backoff_seconds = initial if (record.backoff_seconds == 0 or ran > LONG_RUN_RESETS_BACKOFF) \
+                ran = (
+                    (state.finished_at - state.started_at).total_seconds()
+                    if (state.finished_at and state.started_at)
+                    else 0
+                )
+                record.backoff_seconds = (
+                    initial
+                    if (record.backoff_seconds == 0 or ran > LONG_RUN_RESETS_BACKOFF)
                     else min(maximum, record.backoff_seconds * 2)
+                )
                 record.backoff_until = loop.time() + record.backoff_seconds
                 record.last_terminated = state
-                self.events.emit(manifest, "Warning" if not state.succeeded else "Normal", "BackOff",
-                                 f"Back-off {record.backoff_seconds:.0f}s restarting container {name} "
-                                 f"(exit code {state.exit_code})")
+                self.events.emit(
+                    manifest,
+                    "Warning" if not state.succeeded else "Normal",
+                    "BackOff",
+                    f"Back-off {record.backoff_seconds:.0f}s restarting container {name} "
+                    f"(exit code {state.exit_code})",
+                )
             else:
                 self._seen_terminations[name] = state
                 continue
@@ -319,8 +346,9 @@ class PodWorker:
                 )
                 next_check = min(next_check, remaining)
                 continue
-            await dispatch.call_first(self.pm, "restart_container", node=self.node, pod=self.current_pod(),
-                                      container_name=name)
+            await dispatch.call_first(
+                self.pm, "restart_container", node=self.node, pod=self.current_pod(), container_name=name
+            )
             record.restart_count += 1
             record.backoff_until = None
             self.waiting_override.pop(name, None)
@@ -349,12 +377,17 @@ class PodWorker:
             return
         meta = manifest["metadata"]
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
-        body = {"metadata": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]}, "status": desired}
+        body = {
+            "metadata": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"]},
+            "status": desired,
+        }
         try:
             written = await self.node.client.patch(path, body, content_type=MERGE_PATCH)
         except KubeError as exc:
             if exc.conflict:
-                fresh = await self.node.client.get(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}")
+                fresh = await self.node.client.get(
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+                )
                 if fresh.get("metadata", {}).get("uid") == self.uid and self.latest is manifest:
                     self.update(fresh)
                 return
@@ -370,28 +403,37 @@ class PodWorker:
     async def _delete(self, manifest: JSON) -> float:
         meta = manifest["metadata"]
         if not self.checked_device and not self.created:
-            report = await dispatch.call_first(self.pm, "get_pod_status", node=self.node, pod=to_pod(manifest))
+            report = await dispatch.call_first(
+                self.pm, "get_pod_status", node=self.node, pod=to_pod(manifest)
+            )
             self.checked_device = True
             self.created = report is not None
         if not self.created:
             await self._finalize(manifest)
             return 0
         loop = asyncio.get_running_loop()
-        grace = int(meta.get("deletionGracePeriodSeconds")
-                    or manifest.get("spec", {}).get("terminationGracePeriodSeconds", 30) or 0)
+        grace = int(
+            meta.get("deletionGracePeriodSeconds")
+            or manifest.get("spec", {}).get("terminationGracePeriodSeconds", 30)
+            or 0
+        )
         if not self.delete_requested:
             self.events.emit(manifest, "Normal", "Killing", f"Stopping pod on device (grace period {grace}s)")
-            await dispatch.call_first(self.pm, "delete_pod", node=self.node, pod=self.current_pod(),
-                                      grace_period_seconds=grace)
+            await dispatch.call_first(
+                self.pm, "delete_pod", node=self.node, pod=self.current_pod(), grace_period_seconds=grace
+            )
             self.delete_requested = True
             self.delete_deadline = loop.time() + grace + DELETE_MARGIN_SECONDS
             self.log.info("pod.delete_requested", grace=grace)
         try:
-            report = await dispatch.call_first(self.pm, "get_pod_status", node=self.node, pod=self.current_pod())
+            report = await dispatch.call_first(
+                self.pm, "get_pod_status", node=self.node, pod=self.current_pod()
+            )
         except DeviceUnreachable:
             return DELETE_POLL_SECONDS
         done = report is None or all(
-            not isinstance(s, Running) for s in (*report.containers.values(), *report.init_containers.values())
+            not isinstance(s, Running)
+            for s in (*report.containers.values(), *report.init_containers.values())
         )
         assert self.delete_deadline is not None
         if not done and loop.time() < self.delete_deadline:
@@ -408,8 +450,12 @@ class PodWorker:
         try:
             await self.node.client.delete(
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                 "preconditions": {"uid": meta["uid"]}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
             )
         except KubeError as exc:
             if not (exc.not_found or exc.conflict):
@@ -420,8 +466,9 @@ class PodWorker:
     async def _gone_from_api(self) -> None:
         """Force-deleted (or deleted while vkpy was away): the device must still let go of it."""
         if not self.delete_requested and self.last_known is not None:
-            await dispatch.call_first(self.pm, "delete_pod", node=self.node, pod=self.current_pod(),
-                                      grace_period_seconds=0)
+            await dispatch.call_first(
+                self.pm, "delete_pod", node=self.node, pod=self.current_pod(), grace_period_seconds=0
+            )
             self.delete_requested = True
             self.log.info("pod.force_deleted_on_device")
         self.finished = True

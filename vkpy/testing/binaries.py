@@ -172,7 +172,9 @@ def ensure_built(log: bool = True) -> Path:
             # Rename within one filesystem is atomic: a concurrent reader never sees half a binary.
             os.replace(built, target / built.name)
     if log:
-        print(f"vkpy: control plane built in {time.monotonic() - started:.0f} s into {target}", file=sys.stderr)
+        print(
+            f"vkpy: control plane built in {time.monotonic() - started:.0f} s into {target}", file=sys.stderr
+        )
     still_missing = missing_binaries()
     if still_missing:
         raise BuildError(f"build finished but these are still missing: {', '.join(still_missing)}")

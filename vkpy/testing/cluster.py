@@ -113,7 +113,9 @@ class ControlPlane:
             bin_dir=bin_dir,
             ca=ca,
             server=server,
-            admin_kubeconfig=write_kubeconfig(workdir / "admin.kubeconfig", server, ca.files.cert, "admin", admin),
+            admin_kubeconfig=write_kubeconfig(
+                workdir / "admin.kubeconfig", server, ca.files.cert, "admin", admin
+            ),
         )
         try:
             plane._start_etcd()
@@ -145,7 +147,7 @@ class ControlPlane:
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl, safe after fork
+                preexec_fn=_die_with_parent,
             )
         component = Component(name, process, log)
         self.components[name] = component
@@ -162,8 +164,9 @@ class ControlPlane:
             if ready():
                 return
             time.sleep(0.1)
-        raise ClusterError(f"{component.name} not ready after {timeout:.0f} s; log {component.log}:\n"
-                           f"{component.log_tail()}")
+        raise ClusterError(
+            f"{component.name} not ready after {timeout:.0f} s; log {component.log}:\n{component.log_tail()}"
+        )
 
     def _start_etcd(self) -> None:
         client_port, peer_port = free_port(), free_port()
@@ -313,7 +316,7 @@ class ControlPlane:
         self,
         *args: str,
         kubeconfig: Path | None = None,
-        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+        input: str | None = None,
         check: bool = True,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
@@ -345,8 +348,12 @@ class ControlPlane:
     def serving_certificate(self, name: str, ip_addresses: Sequence[str] = ("127.0.0.1",)) -> CertPair:
         """A kubelet API serving certificate that the apiserver verifies."""
         return self.ca.issue(
-            self.workdir / "serving", f"{name}-{uuid.uuid4().hex[:6]}", name, server=True,
-            dns_names=["localhost", name], ip_addresses=ip_addresses,
+            self.workdir / "serving",
+            f"{name}-{uuid.uuid4().hex[:6]}",
+            name,
+            server=True,
+            dns_names=["localhost", name],
+            ip_addresses=ip_addresses,
         )
 
     def create_namespace(self, name: str) -> None:
@@ -355,7 +362,9 @@ class ControlPlane:
         self.kubectl("create", "namespace", name)
         made = self.kubectl("create", "serviceaccount", "default", "-n", name, check=False)
         if made.returncode != 0 and "already exists" not in made.stderr:
-            raise KubectlError(made.returncode, ["kubectl", "", "create", "serviceaccount"], made.stdout, made.stderr)
+            raise KubectlError(
+                made.returncode, ["kubectl", "", "create", "serviceaccount"], made.stdout, made.stderr
+            )
 
     def log_tails(self, lines: int = 30) -> Iterator[tuple[str, str]]:
         for component in self.components.values():
@@ -377,7 +386,7 @@ def _component_healthy(port: int) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(  # noqa: S310 - fixed https URL on loopback
+        with urllib.request.urlopen(
             f"https://127.0.0.1:{port}/healthz", context=context, timeout=2
         ) as response:
             return bool(response.status == 200)

@@ -166,7 +166,9 @@ def write_kubeconfig(
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "vkpy-test", "cluster": {"server": server, "certificate-authority": str(ca_cert)}}],
+        "clusters": [
+            {"name": "vkpy-test", "cluster": {"server": server, "certificate-authority": str(ca_cert)}}
+        ],
         "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": user, "context": {"cluster": "vkpy-test", "user": user}}],
         "current-context": user,

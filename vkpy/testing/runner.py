@@ -54,8 +54,9 @@ class VkpyProcess:
     def wait_logged(self, text: str, timeout: float = 30) -> None:
         def seen() -> bool:
             if not self.running and text not in self.log_text():
-                raise AssertionError(f"vkpy exited ({self.process and self.process.returncode}):\n"
-                                     f"{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"vkpy exited ({self.process and self.process.returncode}):\n{self.log_text()[-3000:]}"
+                )
             return text in self.log_text()
 
         wait_for(seen, timeout=timeout, what=f"vkpy to log {text!r}")

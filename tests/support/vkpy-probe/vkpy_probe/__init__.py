@@ -52,8 +52,13 @@ async def node_health(node: NodeHandle) -> DeviceHealth:
 
 @vkpy.hookimpl
 async def create_pod(node: NodeHandle, pod: Pod) -> object:
-    _record(node, "create_pod", pod, env=dict(pod.containers[0].env) if pod.containers else {},
-            argv=list(pod.containers[0].argv) if pod.containers else [])
+    _record(
+        node,
+        "create_pod",
+        pod,
+        env=dict(pod.containers[0].env) if pod.containers else {},
+        argv=list(pod.containers[0].argv) if pod.containers else [],
+    )
     directory = _dir()
     counter = directory / f"{node.name}.fail-create" if directory else None
     if counter is not None and counter.exists():
