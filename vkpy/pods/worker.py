@@ -208,7 +208,15 @@ class PodWorker:
         async def secret(namespace: str, name: str) -> Mapping[str, Any] | None:
             return await fetch("secrets", namespace, name)
 
-        resolver = EnvResolver(manifest, configmap, secret, node_allocatable=self.node.facts().allocatable)
+        # The kubelet knows its own address before the API has it: devices are like hostNetwork
+        # pods, so the pod's IP is the node's unless the device reports one.
+        status = dict(manifest.get("status") or {})
+        status.setdefault("hostIP", self.node.address)
+        status.setdefault("hostIPs", [{"ip": self.node.address}])
+        status.setdefault("podIP", self.node.address)
+        status.setdefault("podIPs", [{"ip": self.node.address}])
+        view = {**manifest, "status": status}
+        resolver = EnvResolver(view, configmap, secret, node_allocatable=self.node.facts().allocatable)
         spec = manifest.get("spec", {})
         resolved = {}
         for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
