@@ -55,7 +55,8 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the core and every plugin."""
     install_project(session, "mypy", "types-PyYAML")
-    session.run("mypy", "--strict", "vkpy", *plugin_dirs())
+    packages = [f"-p={Path(d).name.replace('-', '_')}" for d in plugin_dirs()]
+    session.run("mypy", "--strict", "-p=vkpy", *packages)
 
 
 @nox.session(python=PYTHON)

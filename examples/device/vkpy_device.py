@@ -65,7 +65,7 @@ DEFAULT_MAX_FRAME = 1024  # the host's limit until its hello says otherwise
 MIN_MAX_FRAME = 256  # smallest limit a device may announce
 MIN_HOST_MAX_FRAME = 1024  # smallest limit a host may announce
 MAX_MAX_FRAME = 1048576
-CAPABILITIES = ["events", "logs", "env", "working_dir", "grace"]
+CAPABILITIES = ["events", "logs", "env", "working_dir", "grace", "restart"]
 
 # Error codes (docs/protocol.md, "Error codes")
 UNKNOWN_OP = 1
@@ -462,7 +462,13 @@ class Container:
         self.args = argv[1:]
         self.env = env
         self.working_dir = working_dir
+        self.log_cap = log_cap
         self.log = LogBuffer(log_cap)
+        self.prev_log = None  # the log of the instance before the last restart
+        self.restarts = 0
+        self.reset()
+
+    def reset(self):
         self.state = "waiting"
         self.reason = "ContainerCreating"
         self.message = ""
@@ -472,6 +478,13 @@ class Container:
         self.gen = None
         self.wake_at = 0
         self.kill_at = None
+
+    def restart(self):
+        """A new instance: the current log becomes the previous one, a new log starts at offset 0."""
+        self.prev_log = self.log
+        self.log = LogBuffer(self.log_cap)
+        self.restarts += 1
+        self.reset()
 
     def out(self, text):
         self.log.append(text.encode() if isinstance(text, str) else text)
@@ -492,7 +505,7 @@ class Container:
             s["message"] = self.message
             s["started_at"] = self.started_at
             s["finished_at"] = self.finished_at
-        s["restarts"] = 0
+        s["restarts"] = self.restarts
         return s
 
 
@@ -793,22 +806,29 @@ class Device:
 
     def op_logs(self, msg):
         pod = self._pod(msg)
-        name = _field(msg, "container", "str")
-        container = None
-        for c in pod.containers:
-            if c.name == name:
-                container = c
-        if container is None:
-            raise Fail(NO_SUCH_CONTAINER, "pod %s has no container %r" % (pod.uid, name))
+        container = self._container(pod, msg)
         offset = _field(msg, "offset", "int", 0, False)
         max_bytes = _field(msg, "max_bytes", "int", 4096, False)
         if offset < 0 or max_bytes < 1:
             raise Fail(BAD_REQUEST, "offset must be >= 0 and max_bytes >= 1")
+        previous = msg.get("previous") is True
+        if previous:
+            if container.prev_log is None:
+                raise Fail(
+                    NO_SUCH_CONTAINER,
+                    "container %r of pod %s has no previous instance" % (container.name, pod.uid),
+                )
+            log = container.prev_log
+            finished = True
+            instance = container.restarts - 1
+        else:
+            log = container.log
+            finished = container.state == "terminated"
+            instance = container.restarts
         # Largest payload whose reply still fits the host's frame limit (base64: 4 chars / 3 bytes,
         # COBS: 1 byte / 254, CRC: 4 bytes, JSON envelope: under 200 bytes).
         room = (self.host_max_frame - 1) * 254 // 255 - 4 - 200
         limit = min(max_bytes, max(1, room // 4 * 3))
-        log = container.log
         start, data = log.read(offset, limit)
         next_offset = start + len(data)
         return {
@@ -817,8 +837,31 @@ class Device:
             "next_offset": next_offset,
             "earliest": log.start,
             "end": log.end(),
-            "eof": container.state == "terminated" and next_offset == log.end(),
+            "eof": finished and next_offset == log.end(),
+            "restarts": instance,
         }
+
+    def op_restart(self, msg):
+        pod = self._pod(msg)
+        container = self._container(pod, msg)
+        restarts = _field(msg, "restarts", "int")
+        if restarts < 0:
+            raise Fail(BAD_REQUEST, "field 'restarts' must be >= 0")
+        # Only the instance the host saw: a retransmitted restart finds the count moved on.
+        restarted = (
+            not pod.deleting and container.state == "terminated" and container.restarts == restarts
+        )
+        if restarted:
+            container.restart()
+            self.start(container)
+        return {"restarted": restarted, "pod": pod.status()}
+
+    def _container(self, pod, msg):
+        name = _field(msg, "container", "str")
+        for c in pod.containers:
+            if c.name == name:
+                return c
+        raise Fail(NO_SUCH_CONTAINER, "pod %s has no container %r" % (pod.uid, name))
 
     def _pod(self, msg):
         uid = _field(msg, "uid", "str")
@@ -941,7 +984,7 @@ class Device:
         return wait
 
 
-OPS = ("hello", "ping", "create", "delete", "list", "status", "logs")
+OPS = ("hello", "ping", "create", "delete", "list", "status", "logs", "restart")
 
 
 # ------------------------------------------------------------------------------------------

@@ -24,22 +24,35 @@ def test_env_is_resolved_like_the_kubelet_does(
 ) -> None:
     vkpy = start_vkpy(["env-node"])
     wait_node_ready(k8s_cluster, "env-node")
-    k8s_cluster.kubectl("create", "configmap", "settings", "-n", k8s_namespace,
-                        "--from-literal=mode=fast", "--from-literal=level=3")
-    k8s_cluster.kubectl("create", "secret", "generic", "creds", "-n", k8s_namespace,
-                        f"--from-literal=token={SECRET_VALUE}")
+    k8s_cluster.kubectl(
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        k8s_namespace,
+        "--from-literal=mode=fast",
+        "--from-literal=level=3",
+    )
+    k8s_cluster.kubectl(
+        "create", "secret", "generic", "creds", "-n", k8s_namespace, f"--from-literal=token={SECRET_VALUE}"
+    )
     env = [
         {"name": "GREETING", "value": "hello"},
         {"name": "MESSAGE", "value": "$(GREETING) world, $(UNDEFINED) and $$(ESCAPED)"},
         {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
-        {"name": "MISSING_OK", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "x", "optional": True}}},
+        {
+            "name": "MISSING_OK",
+            "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "x", "optional": True}},
+        },
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
         {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
     ]
-    manifest = json.loads(pod_manifest("envy", "env-node", ["sh", "-c", "env | sort"], k8s_namespace, env=env))
+    manifest = json.loads(
+        pod_manifest("envy", "env-node", ["sh", "-c", "env | sort"], k8s_namespace, env=env)
+    )
     container = manifest["spec"]["containers"][0]
     container["envFrom"] = [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}]
     container["args"] = []
@@ -71,13 +84,21 @@ def test_a_missing_configmap_holds_the_pod_until_it_appears(
     start_vkpy(["env-wait"])
     wait_node_ready(k8s_cluster, "env-wait")
     env = [{"name": "LATE", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "value"}}}]
-    k8s_cluster.apply(pod_manifest("patient", "env-wait", ["sh", "-c", "echo got $LATE"], k8s_namespace, env=env))
+    k8s_cluster.apply(
+        pod_manifest("patient", "env-wait", ["sh", "-c", "echo got $LATE"], k8s_namespace, env=env)
+    )
 
     reason = "{.status.containerStatuses[0].state.waiting.reason}"
-    wait_for(lambda: jsonpath(k8s_cluster, "pod", "patient", reason, k8s_namespace) == "CreateContainerConfigError",
-             timeout=30, what="CreateContainerConfigError")
-    message = jsonpath(k8s_cluster, "pod", "patient", "{.status.containerStatuses[0].state.waiting.message}",
-                       k8s_namespace)
+    wait_for(
+        lambda: (
+            jsonpath(k8s_cluster, "pod", "patient", reason, k8s_namespace) == "CreateContainerConfigError"
+        ),
+        timeout=30,
+        what="CreateContainerConfigError",
+    )
+    message = jsonpath(
+        k8s_cluster, "pod", "patient", "{.status.containerStatuses[0].state.waiting.message}", k8s_namespace
+    )
     assert "ConfigMap 'late' not found" in message
     assert probe_calls(probe_dir, "env-wait", "create_pod") == []
 
@@ -102,7 +123,9 @@ def test_init_containers_run_first_in_order(
     inits = pod["status"]["initContainerStatuses"]
     assert [s["state"]["terminated"]["exitCode"] for s in inits] == [0, 0]
     assert inits[0]["state"]["terminated"]["finishedAt"] <= inits[1]["state"]["terminated"]["startedAt"]
-    assert k8s_cluster.kubectl("logs", "staged", "-n", k8s_namespace, "-c", "second").stdout.strip() == "second"
+    assert (
+        k8s_cluster.kubectl("logs", "staged", "-n", k8s_namespace, "-c", "second").stdout.strip() == "second"
+    )
 
 
 def test_pods_on_nodes_that_share_one_identity(
@@ -171,8 +194,20 @@ def test_a_deployment_through_the_scheduler(
         },
     }
     k8s_controllers.apply(yaml.safe_dump(deployment))
-    wait_for(lambda: jsonpath(k8s_controllers, "deployment", "web", "{.status.readyReplicas}", k8s_namespace) == "2",
-             timeout=90, what="2 ready replicas")
+    wait_for(
+        lambda: (
+            jsonpath(k8s_controllers, "deployment", "web", "{.status.readyReplicas}", k8s_namespace) == "2"
+        ),
+        timeout=90,
+        what="2 ready replicas",
+    )
     k8s_controllers.kubectl("scale", "deployment", "web", "--replicas=0", "-n", k8s_namespace)
-    wait_for(lambda: not json.loads(k8s_controllers.kubectl("get", "pods", "-n", k8s_namespace, "-o", "json")
-                                    .stdout)["items"], timeout=90, what="the replicas to be deleted")
+    wait_for(
+        lambda: (
+            not json.loads(k8s_controllers.kubectl("get", "pods", "-n", k8s_namespace, "-o", "json").stdout)[
+                "items"
+            ]
+        ),
+        timeout=90,
+        what="the replicas to be deleted",
+    )

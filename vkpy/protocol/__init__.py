@@ -6,6 +6,8 @@ Layers (the specification is docs/protocol.md):
 * :mod:`~vkpy.protocol.messages`: JSON message bodies as attrs classes, validated at the edge.
 * :mod:`~vkpy.protocol.client`: :class:`DeviceClient`, the asyncio request/reply/event client.
 * :mod:`~vkpy.protocol.streams`: :class:`AsyncioStreams`, :class:`FdStream`.
+* :mod:`~vkpy.protocol.device_transport`: :class:`ProtocolTransport`, the vkpy transport base class
+  for protocol devices (a serial or USB transport subclasses it and opens the byte stream).
 """
 
 from .client import (
@@ -20,6 +22,7 @@ from .client import (
     EventsLost,
     HostEvent,
 )
+from .device_transport import DeviceRequestFailed, ProtocolOptions, ProtocolTransport
 from .errors import (
     BadRequest,
     CapacityExceeded,
@@ -83,6 +86,8 @@ from .messages import (
     PodStatus,
     Reply,
     Request,
+    Restart,
+    RestartReply,
     Running,
     Status,
     StatusReply,
@@ -131,6 +136,7 @@ __all__ = [
     "DeviceError",
     "DeviceFrameTooLarge",
     "DeviceInternalError",
+    "DeviceRequestFailed",
     "DeviceReset",
     "ErrorCode",
     "ErrorReply",
@@ -159,9 +165,13 @@ __all__ = [
     "PodDeleted",
     "PodStatus",
     "ProtocolError",
+    "ProtocolOptions",
+    "ProtocolTransport",
     "Reply",
     "Request",
     "RequestTimeout",
+    "Restart",
+    "RestartReply",
     "Running",
     "ShortFrame",
     "Status",

@@ -64,6 +64,8 @@ from .messages import (
     Ping,
     PingReply,
     Request,
+    Restart,
+    RestartReply,
     Status,
     StatusReply,
     decode_event,
@@ -85,6 +87,8 @@ DEFAULT_HOST_MAX_FRAME = 65536
 """Largest frame this host accepts from a device; announced in hello."""
 DEFAULT_KEEPALIVE = 10.0
 """Seconds without any frame from the device after which the client sends a ping."""
+DROP_LOG_INTERVAL = 5.0
+"""Dropped frames are logged at most this often (with counts): line noise must not flood the log."""
 
 
 @attrs.frozen
@@ -188,10 +192,13 @@ class DeviceClient:
         versions: protocol versions offered in hello.
         on_event: called (synchronously, on the event loop) with each event as it arrives, in
             addition to the :attr:`events` queue.
-        event_queue_size: bound of the event queue (the oldest event is dropped when full).
+        event_queue_size: bound of the event queue (the oldest event is dropped when full); None:
+            events are not queued, only handed to ``on_event`` (for owners that never read the queue).
         keepalive: seconds without a frame from the device after which a ping is sent; when the
             ping gets no reply the client closes itself (:meth:`wait_closed` returns). None: off.
         first_request_id: the first request id (default: random, see docs/protocol.md section 12).
+        logger: a structlog logger for the client's events (e.g. bound to the node and port);
+            default ``vkpy.protocol``.
     """
 
     def __init__(
@@ -204,9 +211,10 @@ class DeviceClient:
         host_name: str = "vkpy",
         versions: Sequence[int] = SUPPORTED_VERSIONS,
         on_event: EventCallback | None = None,
-        event_queue_size: int = 1024,
+        event_queue_size: int | None = 1024,
         keepalive: float | None = DEFAULT_KEEPALIVE,
         first_request_id: int | None = None,
+        logger: Any = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -215,6 +223,9 @@ class DeviceClient:
         if not MIN_HOST_MAX_FRAME <= max_frame <= MAX_MAX_FRAME:
             raise ValueError(f"max_frame must be between {MIN_HOST_MAX_FRAME} and {MAX_MAX_FRAME}")
         self._stream = stream
+        self._log: Any = logger if logger is not None else log
+        self._drops_unlogged = 0
+        self._last_drop_log = float("-inf")
         self._decoder = FrameDecoder(max_frame, on_drop=self._frame_dropped)
         self._max_frame = max_frame
         self._peer_max_frame = DEFAULT_MAX_FRAME
@@ -223,7 +234,10 @@ class DeviceClient:
         self._host_name = host_name
         self._versions = tuple(versions)
         self._on_event = on_event
-        self._events: asyncio.Queue[HostEvent] = asyncio.Queue(maxsize=event_queue_size)
+        if event_queue_size is not None and event_queue_size < 1:
+            raise ValueError("event_queue_size must be at least 1 (or None: no queue)")
+        self._queue_events = event_queue_size is not None
+        self._events: asyncio.Queue[HostEvent] = asyncio.Queue(maxsize=event_queue_size or 1)
         self._pending: dict[int, _Pending] = {}
         if first_request_id is not None and not 1 <= first_request_id <= MAX_REQUEST_ID:
             raise ValueError(f"first_request_id must be in 1..{MAX_REQUEST_ID}")
@@ -277,7 +291,7 @@ class DeviceClient:
             try:
                 await self._stream.close()
             except OSError as exc:
-                log.debug("protocol.stream_close_failed", error=str(exc))
+                self._log.debug("protocol.stream_close_failed", error=str(exc))
 
     @property
     def closed(self) -> bool:
@@ -359,7 +373,7 @@ class DeviceClient:
         except HelloRequired:
             if isinstance(request, Hello) or self._hello_reply is None:
                 raise
-            log.info("protocol.rehello", op=request.OP, reason="device requires hello")
+            self._log.info("protocol.rehello", op=request.OP, reason="device requires hello")
             await self.hello(attempt_timeout=attempt_timeout, attempts=attempts)
             return await self._request_once(request, attempt_timeout, attempts)
 
@@ -401,10 +415,20 @@ class DeviceClient:
         offset: int = 0,
         max_bytes: int = 4096,
         *,
+        previous: bool = False,
         attempt_timeout: float | None = None,
     ) -> LogsReply:
-        """Read a container's log from byte ``offset`` (the device may return fewer bytes)."""
-        request = Logs(uid=uid, container=container, offset=offset, max_bytes=max_bytes)
+        """Read a container's log from byte ``offset`` (the device may return fewer bytes); with
+        ``previous``, the log of the instance before the last restart (``restart`` capability)."""
+        request = Logs(uid=uid, container=container, offset=offset, max_bytes=max_bytes, previous=previous)
+        return await self.request(request, attempt_timeout=attempt_timeout)
+
+    async def restart(
+        self, uid: str, container: str, restarts: int, *, attempt_timeout: float | None = None
+    ) -> RestartReply:
+        """Start a terminated container again, if its ``restarts`` count is still ``restarts``
+        (idempotent: a repeated request finds the count moved on and changes nothing)."""
+        request = Restart(uid=uid, container=container, restarts=restarts)
         return await self.request(request, attempt_timeout=attempt_timeout)
 
     # ---------------------------------------------------------------- internals
@@ -432,7 +456,7 @@ class DeviceClient:
         try:
             for attempt in range(1, transmissions + 1):
                 if attempt > 1:
-                    log.info("protocol.retransmit", op=request.OP, id=request_id, attempt=attempt)
+                    self._log.info("protocol.retransmit", op=request.OP, id=request_id, attempt=attempt)
                 pending.attempt = attempt
                 pending.sent = time.time()
                 await self._send(frame)
@@ -474,7 +498,7 @@ class DeviceClient:
             raise
         except Exception as exc:
             reason = f"reading from the device failed: {exc!r}"
-            log.warning("protocol.read_failed", error=repr(exc))
+            self._log.warning("protocol.read_failed", error=repr(exc))
         self._shutdown(reason)
 
     async def _keepalive_loop(self) -> None:
@@ -488,13 +512,13 @@ class DeviceClient:
             try:
                 await self.ping()
             except RequestTimeout:
-                log.warning("protocol.keepalive_failed", interval=interval)
+                self._log.warning("protocol.keepalive_failed", interval=interval)
                 self._shutdown("device stopped answering (keep-alive ping got no reply)")
                 return
             except ConnectionClosed:
                 return
             except ProtocolError as exc:  # e.g. busy: the device is alive
-                log.info("protocol.keepalive_error", error=str(exc))
+                self._log.info("protocol.keepalive_error", error=str(exc))
                 self._last_traffic = time.monotonic()
 
     def _shutdown(self, reason: str) -> None:
@@ -503,7 +527,7 @@ class DeviceClient:
         self._closed = True
         self._close_reason = reason
         self._closed_event.set()
-        log.debug("protocol.closed", reason=reason, pending=len(self._pending))
+        self._log.debug("protocol.closed", reason=reason, pending=len(self._pending))
         for pending in list(self._pending.values()):
             if not pending.future.done():
                 pending.future.set_exception(
@@ -513,7 +537,19 @@ class DeviceClient:
                 )
 
     def _frame_dropped(self, reason: str, size: int) -> None:
-        log.warning("protocol.frame_dropped", reason=reason, size=size)
+        self._drops_unlogged += 1
+        now = time.monotonic()
+        if now - self._last_drop_log < DROP_LOG_INTERVAL:
+            return
+        self._log.warning(
+            "protocol.frame_dropped",
+            reason=reason,
+            size=size,
+            dropped=self._drops_unlogged,
+            totals=dict(self._decoder.dropped),
+        )
+        self._last_drop_log = now
+        self._drops_unlogged = 0
 
     def _dispatch(self, body: bytes, received: float) -> None:
         try:
@@ -523,23 +559,25 @@ class DeviceClient:
             elif "event" in obj:
                 self._handle_event(obj)
             else:
-                log.warning("protocol.message_dropped", reason="neither reply (id) nor event")
+                self._log.warning("protocol.message_dropped", reason="neither reply (id) nor event")
         except MalformedMessage as exc:
-            log.warning("protocol.message_dropped", reason=str(exc))
+            self._log.warning("protocol.message_dropped", reason=str(exc))
         except Exception as exc:  # never let one message kill the reader
-            log.exception("protocol.dispatch_failed", error=repr(exc))
+            self._log.exception("protocol.dispatch_failed", error=repr(exc))
 
     def _handle_reply(self, obj: Mapping[str, object], received: float) -> None:
         request_id = obj.get("id")
         if isinstance(request_id, bool) or not isinstance(request_id, int):
-            log.warning("protocol.message_dropped", reason=f"reply id is not an integer: {request_id!r}")
+            self._log.warning(
+                "protocol.message_dropped", reason=f"reply id is not an integer: {request_id!r}"
+            )
             return
         pending = self._pending.get(request_id)
         if pending is None:
             if obj.get("ok") is False:
-                log.warning("protocol.unmatched_error", id=request_id, error=obj.get("error"))
+                self._log.warning("protocol.unmatched_error", id=request_id, error=obj.get("error"))
             else:
-                log.debug("protocol.unmatched_reply", id=request_id)
+                self._log.debug("protocol.unmatched_reply", id=request_id)
             return
         if pending.future.done():
             return  # a duplicate reply to a retransmission
@@ -559,7 +597,9 @@ class DeviceClient:
     def _on_hello(self, reply: HelloReply) -> None:
         previous = self._hello_reply
         if previous is not None and previous.boot_id != reply.boot_id:
-            log.warning("protocol.device_reset", previous_boot_id=previous.boot_id, boot_id=reply.boot_id)
+            self._log.warning(
+                "protocol.device_reset", previous_boot_id=previous.boot_id, boot_id=reply.boot_id
+            )
             self._deliver(DeviceReset(previous_boot_id=previous.boot_id, boot_id=reply.boot_id))
         if previous is None or previous.boot_id != reply.boot_id:
             self.clock.reset()
@@ -571,7 +611,7 @@ class DeviceClient:
         event = decode_event(obj)
         last = self._event_seq
         if last is not None and event.seq > last + 1:
-            log.warning("protocol.events_lost", expected_seq=last + 1, received_seq=event.seq)
+            self._log.warning("protocol.events_lost", expected_seq=last + 1, received_seq=event.seq)
             self._deliver(EventsLost(expected_seq=last + 1, received_seq=event.seq))
         self._event_seq = event.seq
         self._deliver(event)
@@ -581,8 +621,10 @@ class DeviceClient:
             try:
                 self._on_event(event)
             except Exception as exc:
-                log.exception("protocol.event_callback_failed", error=repr(exc))
+                self._log.exception("protocol.event_callback_failed", error=repr(exc))
+        if not self._queue_events:
+            return
         if self._events.full():
             dropped = self._events.get_nowait()
-            log.warning("protocol.event_queue_overflow", dropped=type(dropped).__name__)
+            self._log.warning("protocol.event_queue_overflow", dropped=type(dropped).__name__)
         self._events.put_nowait(event)

@@ -340,7 +340,8 @@ def _state_from_wire(r: FieldReader) -> ContainerState:
 
 @attrs.frozen
 class ContainerStatus:
-    """State of one container as the device reports it. Devices never restart containers."""
+    """State of one container as the device reports it. ``restarts`` counts the host's ``restart``
+    requests that started it again (devices never restart containers on their own)."""
 
     name: str
     state: ContainerState
@@ -568,6 +569,9 @@ class LogsReply:
     device still holds and ``end`` the total number of bytes the container has written, so the
     bytes ``[requested offset, offset)`` were lost to the device's bounded buffer (see
     :meth:`lost`). ``eof`` is true when the container has terminated and ``next_offset == end``.
+    ``restarts`` names the instance of the container whose log this is (its ``restarts`` count;
+    None from devices without the ``restart`` capability): each instance has its own log, starting
+    at offset 0.
     """
 
     data: bytes
@@ -577,13 +581,14 @@ class LogsReply:
     end: int
     eof: bool
     now: int
+    restarts: int | None = None
 
     def lost(self, requested_offset: int) -> int:
         """How many bytes from ``requested_offset`` on were overwritten before they were read."""
         return max(0, self.offset - requested_offset)
 
     def to_wire(self) -> JSONObject:
-        return {
+        obj: JSONObject = {
             "data": base64.b64encode(self.data).decode("ascii"),
             "offset": self.offset,
             "next_offset": self.next_offset,
@@ -591,6 +596,9 @@ class LogsReply:
             "end": self.end,
             "eof": self.eof,
         }
+        if self.restarts is not None:
+            obj["restarts"] = self.restarts
+        return obj
 
     @classmethod
     def from_wire(cls, r: FieldReader) -> LogsReply:
@@ -619,10 +627,35 @@ class LogsReply:
             end=end,
             eof=r.get_bool("eof"),
             now=r.get_int("now", minimum=0),
+            restarts=r.opt_int("restarts", minimum=0),
         )
 
 
-Reply = HelloReply | PingReply | CreateReply | DeleteReply | ListReply | StatusReply | LogsReply
+@attrs.frozen
+class RestartReply:
+    """``restarted`` is false when the device left the container as it was: it was not terminated,
+    its ``restarts`` count no longer matched the request's (a retransmission after the restart), or
+    the pod is being deleted. ``pod`` is the pod's state after the request."""
+
+    restarted: bool
+    pod: PodStatus
+    now: int
+
+    def to_wire(self) -> JSONObject:
+        return {"restarted": self.restarted, "pod": self.pod.to_wire()}
+
+    @classmethod
+    def from_wire(cls, r: FieldReader) -> RestartReply:
+        return cls(
+            restarted=r.get_bool("restarted"),
+            pod=PodStatus.from_wire(r.get_obj("pod")),
+            now=r.get_int("now", minimum=0),
+        )
+
+
+Reply = (
+    HelloReply | PingReply | CreateReply | DeleteReply | ListReply | StatusReply | LogsReply | RestartReply
+)
 
 
 @attrs.frozen
@@ -811,21 +844,26 @@ class Status(Request[StatusReply]):
 
 @attrs.frozen
 class Logs(Request[LogsReply]):
-    """Read up to ``max_bytes`` of a container's log from byte ``offset``."""
+    """Read up to ``max_bytes`` of a container's log from byte ``offset``; with ``previous``, the
+    log of the container's previous instance (devices with the ``restart`` capability)."""
 
     OP: ClassVar[str] = "logs"
     uid: str = attrs.field(validator=_non_empty)
     container: str = attrs.field(validator=_non_empty)
     offset: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     max_bytes: int = attrs.field(default=4096, validator=attrs.validators.ge(1))
+    previous: bool = False
 
     def to_wire(self) -> JSONObject:
-        return {
+        obj: JSONObject = {
             "uid": self.uid,
             "container": self.container,
             "offset": self.offset,
             "max_bytes": self.max_bytes,
         }
+        if self.previous:  # only when asked: a device without the restart capability never sees it
+            obj["previous"] = True
+        return obj
 
     def parse_reply(self, r: FieldReader) -> LogsReply:
         reply = LogsReply.from_wire(r)
@@ -840,11 +878,46 @@ class Logs(Request[LogsReply]):
             container=r.get_str("container", non_empty=True),
             offset=r.get_int("offset", minimum=0),
             max_bytes=r.get_int("max_bytes", minimum=1),
+            previous=r.get_bool("previous", default=False),
+        )
+
+
+@attrs.frozen
+class Restart(Request[RestartReply]):
+    """Start a terminated container again (devices with the ``restart`` capability).
+
+    ``restarts`` is the container's ``restarts`` count as the host last saw it: the device restarts
+    the container only while its count still equals it, so a retransmitted restart never starts the
+    container twice.
+    """
+
+    OP: ClassVar[str] = "restart"
+    uid: str = attrs.field(validator=_non_empty)
+    container: str = attrs.field(validator=_non_empty)
+    restarts: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+    def to_wire(self) -> JSONObject:
+        return {"uid": self.uid, "container": self.container, "restarts": self.restarts}
+
+    def parse_reply(self, r: FieldReader) -> RestartReply:
+        reply = RestartReply.from_wire(r)
+        if reply.pod.uid != self.uid:
+            r.fail("pod.uid", f"expected {self.uid!r}, got {reply.pod.uid!r}")
+        if reply.pod.container(self.container) is None:
+            r.fail("pod.containers", f"has no container {self.container!r}")
+        return reply
+
+    @classmethod
+    def from_wire(cls, r: FieldReader) -> Restart:
+        return cls(
+            uid=r.get_str("uid", non_empty=True),
+            container=r.get_str("container", non_empty=True),
+            restarts=r.get_int("restarts", minimum=0),
         )
 
 
 REQUEST_TYPES: Mapping[str, type[Request[Any]]] = {
-    cls.OP: cls for cls in (Hello, Ping, Create, Delete, List, Status, Logs)
+    cls.OP: cls for cls in (Hello, Ping, Create, Delete, List, Status, Logs, Restart)
 }
 
 

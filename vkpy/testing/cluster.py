@@ -371,8 +371,11 @@ class ControlPlane:
 
     def compact_etcd(self) -> int:
         """Compact etcd's history up to now: watches from an older resourceVersion get 410 Gone."""
+
         def post(path: str, body: dict[str, Any]) -> Any:
-            request = urllib.request.Request(self._etcd_url + path, data=json.dumps(body).encode())
+            request = urllib.request.Request(  # noqa: S310 - fixed http URL on loopback
+                self._etcd_url + path, data=json.dumps(body).encode()
+            )
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback http
                 return json.loads(response.read())
 
