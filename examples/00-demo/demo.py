@@ -129,7 +129,7 @@ def main() -> int:
 
         step("the cluster stays up: try it yourself")
         print(f"  export KUBECONFIG={plane.admin_kubeconfig}")
-        print(f"  export PATH={plane.bin_dir}:$PATH   # kubectl {os.path.basename(str(plane.bin_dir))}")
+        print(f"  export PATH={plane.bin_dir}:$PATH   # the kubectl built for this cluster")
         print("  kubectl get nodes,pods -o wide")
         print("Press Ctrl-C to stop.", flush=True)
         if os.environ.get("VKPY_DEMO_EXIT"):
