@@ -261,3 +261,27 @@ def test_a_same_name_pod_created_during_deletion_survives(
     wait_phase(k8s_cluster, "twin", k8s_namespace, "Running")
     time.sleep(3)
     assert jsonpath(k8s_cluster, "pod", "twin", "{.status.phase}", k8s_namespace) == "Running"
+
+
+def test_a_flaky_link_never_causes_a_second_create(
+    k8s_cluster: ControlPlane, k8s_namespace: str, start_vkpy: StartVkpy, probe_dir: Path
+) -> None:
+    start_vkpy(["pods-flaky"])
+    wait_node_ready(k8s_cluster, "pods-flaky")
+    k8s_cluster.apply(pod_manifest("steady", "pods-flaky", ["sleep", "1000"], k8s_namespace))
+    wait_phase(k8s_cluster, "steady", k8s_namespace, "Running")
+
+    # The device stops answering: the node goes NotReady, the pod keeps its last known state.
+    (probe_dir / "pods-flaky.unreachable").write_text("link flapping")
+    ready = "{.status.conditions[?(@.type=='Ready')].status}"
+    wait_for(
+        lambda: jsonpath(k8s_cluster, "node", "pods-flaky", ready) == "False", timeout=30, what="NotReady"
+    )
+    time.sleep(5)  # several status polls fail meanwhile
+    assert jsonpath(k8s_cluster, "pod", "steady", "{.status.phase}", k8s_namespace) == "Running"
+
+    (probe_dir / "pods-flaky.unreachable").unlink()
+    wait_node_ready(k8s_cluster, "pods-flaky", timeout=30)
+    time.sleep(3)
+    assert jsonpath(k8s_cluster, "pod", "steady", "{.status.phase}", k8s_namespace) == "Running"
+    assert len(probe_calls(probe_dir, "pods-flaky", "create_pod")) == 1
