@@ -3,11 +3,12 @@ from vkpy.testing's pytest plugin; this file adds what vkpy's own end-to-end tes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import StartVkpy, node_entry
 
 from vkpy.testing.cluster import ControlPlane, free_port
 from vkpy.testing.runner import VkpyProcess
@@ -52,23 +53,6 @@ def shared_identity(k8s_cluster: ControlPlane, tmp_path_factory: pytest.TempPath
         "vkpy",
         token=token,
     )
-
-
-def node_entry(name: str, state_root: Path, **overrides: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": name,
-        "transport": "local",
-        "local": {"state_dir": str(state_root / name)},
-        "capacity": {"cpu": "4", "memory": "4Gi", "pods": "20"},
-        "plugins": ["probe"],
-        "status_interval": "2s",
-        "restart_backoff": {"initial": "1s", "max": "4s"},
-    }
-    entry.update(overrides)
-    return entry
-
-
-StartVkpy = Callable[..., VkpyProcess]
 
 
 @pytest.fixture

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vkpy.testing import wait_for
 from vkpy.testing.cluster import ControlPlane
+from vkpy.testing.runner import VkpyProcess
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TOLERATION = {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -71,3 +75,20 @@ def probe_calls(probe_dir: Path, node: str, hook: str | None = None) -> list[dic
         return []
     calls = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [c for c in calls if hook is None or c["hook"] == hook]
+
+
+def node_entry(name: str, state_root: Path, **overrides: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "transport": "local",
+        "local": {"state_dir": str(state_root / name)},
+        "capacity": {"cpu": "4", "memory": "4Gi", "pods": "20"},
+        "plugins": ["probe"],
+        "status_interval": "2s",
+        "restart_backoff": {"initial": "1s", "max": "4s"},
+    }
+    entry.update(overrides)
+    return entry
+
+
+StartVkpy = Callable[..., VkpyProcess]

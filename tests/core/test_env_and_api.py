@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import StartVkpy
+from helpers import StartVkpy
 from helpers import TOLERATION, jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
 
 from vkpy.testing import wait_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import StartVkpy
+from helpers import StartVkpy
 from helpers import jsonpath, wait_node_ready
 
 from vkpy.testing import wait_for
@@ -49,7 +49,7 @@ def test_a_node_registers_like_a_kubelet(k8s_cluster: ControlPlane, start_vkpy: 
 def test_configured_labels_and_taints(
     k8s_cluster: ControlPlane, start_vkpy: StartVkpy, tmp_path: Path
 ) -> None:
-    from conftest import node_entry
+    from helpers import node_entry
 
     entry = node_entry(
         "node-cfg",

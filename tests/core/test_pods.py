@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import StartVkpy
+from helpers import StartVkpy
 from helpers import jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
 
 from vkpy.testing import wait_for

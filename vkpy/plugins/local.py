@@ -348,6 +348,7 @@ class LocalTransport(Transport):
 
     name = "local"
     options_class = LocalOptions
+    pushes_status = True  # a pidfd per supervisor tells us when a container starts and ends
 
     def __init__(self, node: NodeHandle, options: LocalOptions | None = None) -> None:
         super().__init__(node, options or LocalOptions())

@@ -17,6 +17,9 @@ class Transport:
 
     name: ClassVar[str] = ""
     options_class: ClassVar[type[Any] | None] = None
+    pushes_status: ClassVar[bool] = False
+    """True when the transport calls ``node.report_status(uid)`` whenever a container starts or
+    ends: the core then polls each pod only rarely, as a safety net."""
 
     def __init__(self, node: NodeHandle, options: Any) -> None:
         self.node = node

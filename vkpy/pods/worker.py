@@ -34,6 +34,7 @@ ERROR_BACKOFF = Backoff(initial=1.0, maximum=60.0)
 DELETE_MARGIN_SECONDS = 10.0
 DELETE_POLL_SECONDS = 1.0
 LONG_RUN_RESETS_BACKOFF = 600.0
+PUSHED_RESYNC_SECONDS = 60.0
 
 
 def _was_started(manifest: Mapping[str, Any]) -> bool:
@@ -70,6 +71,11 @@ class PodWorker:
         self._seen_terminations: dict[str, Terminated] = {}
         self._announced_running: set[str] = set()
         self._wake = asyncio.Event()
+        # Why the worker woke: the device is asked only when it pushed news (poked), when the poll
+        # interval or a backoff timer ran out (due), or on the first pass; the echo of our own
+        # status write is not a reason to ask again.
+        self._poked = True
+        self._due = False
         self._attempt = 0
         self._create_attempts = 0
         self._task: asyncio.Task[None] | None = None
@@ -85,6 +91,7 @@ class PodWorker:
         self._wake.set()
 
     def poke(self) -> None:
+        self._poked = True
         self._wake.set()
 
     def start(self) -> None:
@@ -133,9 +140,11 @@ class PodWorker:
                     )
                 if self._is_finished():
                     break
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
+                except TimeoutError:
+                    self._due = True
         finally:
             if self.finished:
                 self._on_finished(self)
@@ -160,7 +169,11 @@ class PodWorker:
         return await self._sync_status(manifest)
 
     def _poll_interval(self) -> float:
-        return float(getattr(self.node.config, "status_interval", 10.0) or 10.0)
+        interval = float(getattr(self.node.config, "status_interval", 10.0) or 10.0)
+        if getattr(self.node.transport, "pushes_status", False):
+            # The transport reports changes itself: polling is only a safety net.
+            return max(interval, PUSHED_RESYNC_SECONDS)
+        return interval
 
     # -- create / adopt ----------------------------------------------------------------------------
     async def _check_device(self, manifest: JSON) -> None:
@@ -282,7 +295,12 @@ class PodWorker:
     # -- status ------------------------------------------------------------------------------------
     async def _sync_status(self, manifest: JSON) -> float:
         delay = self._poll_interval()
-        if self.created and self.failure is None:
+        ask = self._poked or self._due or self.report is None
+        self._poked = self._due = False
+        if self.created and self.failure is None and not ask:
+            assert self.report is not None
+            delay = min(delay, await self._apply_restart_policy(manifest, self.report))
+        elif self.created and self.failure is None:
             pod = self.current_pod()
             try:
                 report = await dispatch.call_first(self.pm, "get_pod_status", node=self.node, pod=pod)
