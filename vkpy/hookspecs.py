@@ -45,8 +45,9 @@ async def node_health(node: NodeHandle) -> DeviceHealth | None:
 
 @hookspec
 async def list_pods(node: NodeHandle) -> Collection[str] | None:
-    """At start and after a reconnect: the UIDs of every pod the device holds (for cleaning up
-    pods deleted while vkpy was away), or None when the device cannot list."""
+    """Once, when the node's pods are first listed: the UIDs of every pod the device holds, so that
+    pods deleted while vkpy was away are deleted there too; None when the device cannot list. (A
+    transport that reconnects later reconciles by itself.)"""
 
 
 @hookspec

@@ -108,6 +108,14 @@ def _container_status(
 
 
 def _effective_state(name: str, obs: Observation, init: bool) -> ContainerState:
+    state = _reported_state(name, obs, init)
+    if obs.failure is not None and not isinstance(state, Terminated):
+        # A failed pod's containers are over too: `kubectl get pods` then shows the pod's reason.
+        return Terminated(exit_code=137, reason=obs.failure.reason, message=obs.failure.message)
+    return state
+
+
+def _reported_state(name: str, obs: Observation, init: bool) -> ContainerState:
     if name in obs.waiting_override:
         return obs.waiting_override[name]
     if obs.report is not None:

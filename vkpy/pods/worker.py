@@ -45,7 +45,10 @@ def _was_started(manifest: Mapping[str, Any]) -> bool:
     return False
 
 
-def _should_restart(policy: str, state: Terminated) -> bool:
+def _should_restart(policy: str, state: Terminated, init: bool = False) -> bool:
+    if init:
+        # A failed init container is retried unless the pod never restarts; a finished one is done.
+        return policy != "Never" and not state.succeeded
     return policy == "Always" or (policy == "OnFailure" and not state.succeeded)
 
 
@@ -327,7 +330,9 @@ class PodWorker:
         maximum = float(getattr(backoff, "max", 300.0))
         loop = asyncio.get_running_loop()
         next_check = float("inf")
-        for name, state in report.containers.items():
+        reported = [(n, s, True) for n, s in report.init_containers.items()]
+        reported += [(n, s, False) for n, s in report.containers.items()]
+        for name, state, init in reported:
             if isinstance(state, Running) and name not in self._announced_running:
                 self._announced_running.add(name)
                 self.events.emit(manifest, "Normal", "Started", f"Started container {name}")
@@ -338,7 +343,7 @@ class PodWorker:
             if self._seen_terminations.get(name) == state:
                 if record.backoff_until is None:
                     continue
-            elif _should_restart(policy, state):
+            elif _should_restart(policy, state, init):
                 self._seen_terminations[name] = state
                 ran = (
                     (state.finished_at - state.started_at).total_seconds()
@@ -438,11 +443,10 @@ class PodWorker:
             await self._finalize(manifest)
             return 0
         loop = asyncio.get_running_loop()
-        grace = int(
-            meta.get("deletionGracePeriodSeconds")
-            or manifest.get("spec", {}).get("terminationGracePeriodSeconds", 30)
-            or 0
-        )
+        grace_value = meta.get("deletionGracePeriodSeconds")
+        if grace_value is None:
+            grace_value = manifest.get("spec", {}).get("terminationGracePeriodSeconds", 30)
+        grace = int(grace_value or 0)
         if not self.delete_requested:
             self.events.emit(manifest, "Normal", "Killing", f"Stopping pod on device (grace period {grace}s)")
             await dispatch.call_first(
