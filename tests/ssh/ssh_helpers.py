@@ -76,7 +76,7 @@ def ssh_options(sshd: SshServer, tmp_path: Path, port: int | None = None, **over
         "host": sshd.host,
         "port": port or sshd.port,
         "user": sshd.user,
-        "auth": {"identity_file": str(sshd.client_key)},
+        "identity_file": str(sshd.client_key),
         "known_hosts": str(known_hosts),
         "state_dir": str(tmp_path / "device-state"),
         "connect_timeout": "5s",
@@ -86,6 +86,10 @@ def ssh_options(sshd: SshServer, tmp_path: Path, port: int | None = None, **over
         "reconnect_backoff": {"initial": "200ms", "max": "1s"},
         "status_interval": "500ms",
     }
+    auth = overrides.pop("auth", None)
+    if auth is not None:  # replace the default login method with the test's
+        data.pop("identity_file")
+        data.update(auth)
     data.update(overrides)
     return structure(SshOptions, data, "ssh")
 
@@ -101,7 +105,7 @@ def ssh_node_entry(
         "host": sshd.host,
         "port": port or sshd.port,
         "user": sshd.user,
-        "auth": {"identity_file": str(sshd.client_key)},
+        "identity_file": str(sshd.client_key),
         "known_hosts": str(known_hosts),
         "state_dir": str(tmp_path / f"{name}-device"),
         "connect_timeout": "5s",

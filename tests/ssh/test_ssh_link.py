@@ -37,36 +37,35 @@ async def _health_after_start(node: RecordingNode, options: SshOptions) -> Devic
 
 def test_options_errors_name_the_key_path() -> None:
     with pytest.raises(ConfigValidationError) as caught:
-        structure(
-            SshOptions, {"host": "pi", "user": "pi", "auth": {}, "port": 70000, "tmeout": 1}, "nodes[0].ssh"
-        )
+        structure(SshOptions, {"host": "pi", "user": "pi", "port": 70000, "tmeout": 1}, "nodes[0].ssh")
     text = str(caught.value)
-    assert "nodes[0].ssh.auth: no authentication method" in text
     assert "nodes[0].ssh.port: a port must be between 1 and 65535" in text
     assert "nodes[0].ssh.tmeout: unknown key" in text
     with pytest.raises(ConfigValidationError, match=r"nodes\[0\]\.ssh\.state_dir: not a usable folder"):
         structure(
             SshOptions,
-            {"host": "pi", "user": "pi", "auth": {"use_agent": True}, "state_dir": "rel/dir"},
+            {"host": "pi", "user": "pi", "use_agent": True, "state_dir": "rel/dir"},
             "nodes[0].ssh",
         )
+    with pytest.raises(
+        ConfigValidationError, match=r"nodes\[0\]\.ssh\.identity_file: no authentication method"
+    ):
+        structure(SshOptions, {"host": "pi", "user": "pi"}, "nodes[0].ssh")
     with pytest.raises(ConfigValidationError, match=r"ssh\.host: missing required key"):
-        structure(SshOptions, {"user": "pi", "auth": {"use_agent": True}}, "ssh")
+        structure(SshOptions, {"user": "pi", "use_agent": True}, "ssh")
 
 
 def test_options_defaults() -> None:
-    options = structure(
-        SshOptions, {"host": "pi.local", "user": "pi", "auth": {"identity_file": "~/.ssh/id"}}
-    )
+    options = structure(SshOptions, {"host": "pi.local", "user": "pi", "identity_file": "~/.ssh/id"})
     assert options.port == 22
     assert options.known_hosts == Path.home() / ".ssh" / "known_hosts"
     assert options.trust_on_first_use is False
     assert options.state_dir == "~/.vkpy"
-    assert options.auth.identity_file == Path.home() / ".ssh" / "id"
+    assert options.identity_file == Path.home() / ".ssh" / "id"
     assert options.known_hosts_pattern == "pi.local"
     assert (
         structure(
-            SshOptions, {"host": "10.0.0.2", "user": "pi", "port": 2222, "auth": {"use_agent": True}}
+            SshOptions, {"host": "10.0.0.2", "user": "pi", "port": 2222, "use_agent": True}
         ).known_hosts_pattern
         == "[10.0.0.2]:2222"
     )

@@ -1,6 +1,6 @@
 """The node's ``ssh:`` section: where the device is, how to log in, how to check its host key, and the
 timings of the link. Validated by :func:`vkpy.config.structure`, so every error names its key path
-(``nodes[0].ssh.auth``)."""
+(``nodes[0].ssh.identity_file``)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,13 @@ class SshOptions:
     """The device's host name or IP address."""
     user: str
     """The account on the device that runs the pods."""
-    auth: SshAuth
+    identity_file: Path | None = None
+    """A private key file (OpenSSH, PEM or PKCS#8 format, not encrypted: use the agent for those)."""
+    use_agent: bool = False
+    """Use the keys of the ssh-agent at ``$SSH_AUTH_SOCK``."""
+    password_file: Path | None = None
+    """A file holding the password (one trailing newline is ignored). In a cluster, mount the key
+    or password file from a Secret."""
     port: Port = 22
     known_hosts: Path = attrs.field(factory=_default_known_hosts)
     """The OpenSSH known_hosts file the device's host key is checked against."""
@@ -81,6 +87,12 @@ class SshOptions:
     """The pod capacity to advertise."""
 
     def __attrs_post_init__(self) -> None:
+        if self.identity_file is None and not self.use_agent and self.password_file is None:
+            raise InvalidValue(
+                "no authentication method",
+                hint="set identity_file (a private key), use_agent: true, or password_file",
+                key="identity_file",
+            )
         if not self.host or not _HOST.fullmatch(self.host):
             raise InvalidValue(f"not a host name or address: {describe(self.host)}", key="host")
         if not self.user or any(c in self.user for c in " \t\n\0@:/"):
@@ -102,6 +114,13 @@ class SshOptions:
             )
         if self.max_pods < 1:
             raise InvalidValue(f"must be at least 1, got {self.max_pods}", key="max_pods")
+
+    @property
+    def auth(self) -> SshAuth:
+        """The login methods, together."""
+        return SshAuth(
+            identity_file=self.identity_file, use_agent=self.use_agent, password_file=self.password_file
+        )
 
     @property
     def address(self) -> str:
