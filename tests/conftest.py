@@ -3,6 +3,9 @@ from vkpy.testing's pytest plugin; this file adds what vkpy's own end-to-end tes
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,22 @@ def probe_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "probe"
     directory.mkdir()
     return directory
+
+
+def kill_processes_under(root: Path) -> None:
+    """SIGKILL every process whose working folder or command line lies under ``root``."""
+    marker = f"{root}/"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"{cwd}/".startswith(marker) or marker in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -98,5 +117,8 @@ def start_vkpy(
     yield start
     for process in processes:
         process.stop()
+    # vkpy leaves device work running when it stops, by design; the test's "device" must not
+    # outlive the test.
+    kill_processes_under(tmp_path)
     for name in node_names:
         k8s_cluster.kubectl("delete", "node", name, "--wait=false", check=False)
