@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import StartVkpy
-from helpers import TOLERATION, jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
+from helpers import TOLERATION, StartVkpy, jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
 
 from vkpy.testing import wait_for
 from vkpy.testing.cluster import ControlPlane

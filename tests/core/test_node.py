@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import StartVkpy
-from helpers import jsonpath, wait_node_ready
+from helpers import StartVkpy, jsonpath, wait_node_ready
 
 from vkpy.testing import wait_for
 from vkpy.testing.cluster import ControlPlane

@@ -7,8 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers import StartVkpy
-from helpers import jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
+from helpers import StartVkpy, jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
 
 from vkpy.testing import wait_for
 from vkpy.testing.cluster import ControlPlane
@@ -285,3 +284,24 @@ def test_a_flaky_link_never_causes_a_second_create(
     time.sleep(3)
     assert jsonpath(k8s_cluster, "pod", "steady", "{.status.phase}", k8s_namespace) == "Running"
     assert len(probe_calls(probe_dir, "pods-flaky", "create_pod")) == 1
+
+
+def test_a_pod_deleted_while_vkpy_was_away_is_removed_from_the_device(
+    k8s_cluster: ControlPlane, k8s_namespace: str, start_vkpy: StartVkpy, probe_dir: Path, tmp_path: Path
+) -> None:
+    vkpy = start_vkpy(["pods-orphan"])
+    wait_node_ready(k8s_cluster, "pods-orphan")
+    k8s_cluster.apply(pod_manifest("left-behind", "pods-orphan", ["sleep", "1000"], k8s_namespace))
+    wait_phase(k8s_cluster, "left-behind", k8s_namespace, "Running")
+    uid = jsonpath(k8s_cluster, "pod", "left-behind", "{.metadata.uid}", k8s_namespace)
+    assert vkpy.stop() == 0
+    k8s_cluster.kubectl("delete", "pod", "left-behind", "-n", k8s_namespace, "--force", "--grace-period=0")
+    assert (tmp_path / "state" / "pods-orphan" / uid).exists()  # still running on the device
+
+    again = start_vkpy(["pods-orphan"])
+    again.wait_logged("pod.orphan_deleted")
+    wait_for(
+        lambda: not (tmp_path / "state" / "pods-orphan" / uid).exists(),
+        timeout=30,
+        what="the orphan's state on the device to be removed",
+    )

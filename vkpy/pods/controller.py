@@ -24,9 +24,11 @@ from vkpy.pods.convert import to_pod
 from vkpy.pods.events import EventRecorder
 from vkpy.pods.worker import PodWorker
 from vkpy.types import LogLine, LogOptions, Pod
-from vkpy.watching import Watcher
+from vkpy.watching import Backoff, Watcher
 
 log = structlog.get_logger("vkpy.pods")
+
+ORPHAN_RETRY = Backoff(initial=5.0, maximum=60.0)
 
 
 class PodController:
@@ -85,11 +87,10 @@ class PodController:
         """Stop watching and working; what runs on devices keeps running."""
         for watcher in self.watchers:
             watcher.stop()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._background_tasks]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(w.stop() for w in list(self.workers.values())), return_exceptions=True)
         await asyncio.gather(*(e.drain() for e in self.events.values()), return_exceptions=True)
 
@@ -134,19 +135,26 @@ class PodController:
             log.warning("node.reregister_failed", node=node.name, error=str(exc))
 
     async def _clean_orphans(self, node: VirtualNode, known: set[str]) -> None:
-        """Pods the device holds that the API no longer has (deleted while vkpy was away)."""
-        try:
-            if not dispatch.has_implementation(node.pm, "list_pods"):
+        """Pods the device holds that the API no longer has (deleted while vkpy was away). A device
+        that cannot be asked now is asked again later, until it answers."""
+        if not dispatch.has_implementation(node.pm, "list_pods"):
+            return
+        attempt = 0
+        while True:
+            try:
+                held = await dispatch.call_first(node.pm, "list_pods", node=node)
+                for uid in set(held or ()) - known - set(self.workers):
+                    log.info("pod.orphan_deleted", node=node.name, pod_uid=uid)
+                    orphan = Pod(uid=uid, namespace="", name="", node_name=node.name, containers=())
+                    await dispatch.call_first(
+                        node.pm, "delete_pod", node=node, pod=orphan, grace_period_seconds=0
+                    )
                 return
-            held = await dispatch.call_first(node.pm, "list_pods", node=node)
-            for uid in set(held or ()) - known - set(self.workers):
-                log.info("pod.orphan_deleted", node=node.name, pod_uid=uid)
-                orphan = Pod(uid=uid, namespace="", name="", node_name=node.name, containers=())
-                await dispatch.call_first(
-                    node.pm, "delete_pod", node=node, pod=orphan, grace_period_seconds=0
-                )
-        except Exception as exc:
-            log.warning("pod.orphan_check_failed", node=node.name, error=str(exc))
+            except Exception as exc:
+                delay = ORPHAN_RETRY.delay(attempt)
+                attempt += 1
+                log.warning("pod.orphan_check_failed", node=node.name, error=str(exc), retry_in=round(delay))
+                await asyncio.sleep(delay)
 
     # -- workers -----------------------------------------------------------------------------------
     def _dispatch(self, uid: str, node_name: str, obj: JSON | None) -> None:
