@@ -163,7 +163,9 @@ class KubeClient:
 
     async def watch_lines(self, path: str, query: Mapping[str, Any], timeout: float) -> AsyncIterator[JSON]:
         """Stream a watch: one decoded event per line. Ends when the server ends the watch."""
-        response = await self._raw("GET", path, query={**query, "watch": "true"}, timeout=None)
+        # The watchdog covers the wait for the response headers too: a link can stall at any point.
+        async with _deadline(timeout):
+            response = await self._raw("GET", path, query={**query, "watch": "true"}, timeout=None)
         async with response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())

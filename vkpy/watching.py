@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -15,6 +16,8 @@ import structlog
 from vkpy.kube import JSON, KubeClient, KubeError
 
 log = structlog.get_logger("vkpy.watch")
+
+SETTLED_AFTER = 3.0
 
 
 @attrs.frozen
@@ -53,6 +56,14 @@ class Watcher:
     backoff: Backoff = Backoff()
     resource_version: str | None = None
     relists: int = 0
+    idle_timeout: float | None = None
+    """The watchdog: silence (no event, no bookmark) this long ends the watch and reconnects.
+    Default: the server-side timeout plus 30 s."""
+    # For /metrics and /readyz: reconnections by reason, the last time the server spoke (monotonic),
+    # and the error the watch is retrying after (None while it works).
+    restarts: dict[str, int] = attrs.field(factory=dict)
+    last_contact: float | None = None
+    last_error: str | None = None
     _stop: bool = False
 
     async def run(self) -> None:
@@ -61,28 +72,46 @@ class Watcher:
             try:
                 if self.resource_version is None:
                     await self._relist()
-                await self._watch()
+                # A quiet collection sends nothing after a reconnection: a watch still open after a
+                # few seconds was accepted (refusals and errors come at once).
+                settled = asyncio.get_running_loop().call_later(SETTLED_AFTER, self._contact)
+                try:
+                    await self._watch()
+                finally:
+                    settled.cancel()
                 attempt = 0
             except KubeError as exc:
                 if exc.gone:
                     log.info("watch.expired", watch=self.name)
+                    self._restarted("expired", None)
                     self.resource_version = None
                     continue
                 log.warning("watch.error", watch=self.name, status=exc.status, error=exc.message)
+                self._restarted("error", f"{exc.status} {exc.message}")
                 await asyncio.sleep(self.backoff.delay(attempt))
                 attempt += 1
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 log.warning("watch.disconnected", watch=self.name, error=repr(exc))
+                self._restarted("disconnected", repr(exc))
                 await asyncio.sleep(self.backoff.delay(attempt))
                 attempt += 1
 
     def stop(self) -> None:
         self._stop = True
 
+    def _restarted(self, reason: str, error: str | None) -> None:
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        self.last_error = error
+
+    def _contact(self) -> None:
+        self.last_contact = time.monotonic()
+        self.last_error = None
+
     async def _relist(self) -> None:
         listing = await self.client.request("GET", self.path, query=self.query, timeout=120)
         self.resource_version = str(listing.get("metadata", {}).get("resourceVersion") or "") or None
         self.relists += 1
+        self._contact()
         result = self.on_synced(list(listing.get("items") or []))
         if result is not None:
             await result
@@ -96,13 +125,14 @@ class Watcher:
             "allowWatchBookmarks": True,
             "timeoutSeconds": timeout,
         }
-        async for event in self.client.watch_lines(self.path, query, timeout=timeout + 30):
+        async for event in self.client.watch_lines(self.path, query, timeout=self.idle_timeout or timeout + 30):
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
                 raise KubeError(
                     int(obj.get("code") or 500), str(obj.get("reason", "")), str(obj.get("message", ""))
                 )
+            self._contact()
             version = obj.get("metadata", {}).get("resourceVersion")
             if version:
                 self.resource_version = str(version)

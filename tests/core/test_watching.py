@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from vkpy.kube import KubeClient
 from vkpy.testing.cluster import ControlPlane
+from vkpy.testing.pki import CertPair
 from vkpy.watching import Backoff, Watcher
 
 
@@ -58,3 +60,54 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert backoff.delay(3, jitter=1.0) == 8
     assert backoff.delay(20, jitter=1.0) == 30
     assert backoff.delay(20, jitter=0.0) == 15
+
+
+async def test_a_silently_stalled_watch_is_restarted(
+    k8s_cluster: ControlPlane, k8s_namespace: str, tmp_path: Path
+) -> None:
+    from vkpy.testing.pki import write_kubeconfig
+    from vkpy.testing.sshd import TcpRelay
+
+    port = int(k8s_cluster.server.rsplit(":", 1)[1])
+    with TcpRelay(port) as relay:
+        kubeconfig = write_kubeconfig(
+            tmp_path / "via-relay",
+            f"https://127.0.0.1:{relay.port}",
+            k8s_cluster.ca.files.cert,
+            "admin",
+            CertPair(k8s_cluster.workdir / "pki" / "admin.crt", k8s_cluster.workdir / "pki" / "admin.key"),
+        )
+        client = await KubeClient.from_kubeconfig(kubeconfig)
+        synced = asyncio.Event()
+        seen = asyncio.Event()
+
+        def on_event(kind: str, obj: dict[str, Any]) -> None:
+            if obj["metadata"]["name"] == "during-stall":
+                seen.set()
+
+        watcher = Watcher(
+            client=client,
+            path=f"/api/v1/namespaces/{k8s_namespace}/configmaps",
+            query={},
+            on_event=on_event,
+            on_synced=lambda items: synced.set(),
+            name="stall-test",
+            idle_timeout=2,
+            backoff=Backoff(initial=0.1, maximum=0.5),
+        )
+        task = asyncio.create_task(watcher.run())
+        try:
+            await asyncio.wait_for(synced.wait(), 30)
+            relay.stall()  # the connection stays open; nothing moves, nothing is closed
+            await asyncio.to_thread(
+                k8s_cluster.kubectl, "create", "configmap", "during-stall", "-n", k8s_namespace
+            )
+            async with asyncio.timeout(30):
+                while not watcher.restarts.get("disconnected"):
+                    await asyncio.sleep(0.1)
+            relay.restore()
+            await asyncio.wait_for(seen.wait(), 30)
+        finally:
+            watcher.stop()
+            task.cancel()
+            await client.close()

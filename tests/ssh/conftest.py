@@ -1,38 +1,16 @@
-"""Fixtures for the ssh transport's tests: a real unprivileged OpenSSH sshd (the "device"), a TCP
-relay in front of it that a test can cut, and an SshTransport connected through that relay."""
+"""Fixtures for the ssh transport's tests: an SshTransport connected to the real sshd (the `sshd`
+fixture from vkpy.testing) through the cuttable `relay`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from ssh_helpers import Device, RecordingNode, clean_up, ssh_options
 from vkpy_ssh import SshTransport
 
-from vkpy.testing import sshd as sshd_mod
-from vkpy.testing.pytest_plugin import missing_part
 from vkpy.testing.sshd import SshServer, TcpRelay
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[SshServer]:
-    """An OpenSSH sshd on a free loopback port, accepting the current user with a test key."""
-    reason = sshd_mod.missing()
-    if reason is not None:
-        missing_part(reason)
-    server = SshServer(tmp_path / "sshd").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def relay(sshd: SshServer) -> Iterator[TcpRelay]:
-    """A relay in front of sshd: vkpy connects here, the test cuts or stalls the link."""
-    with TcpRelay(sshd.port) as link:
-        yield link
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from vkpy.testing.cluster import ControlPlane
+    from vkpy.testing.sshd import SshServer, TcpRelay
 
 _CLUSTER_KEY = pytest.StashKey["ControlPlane"]()
 
@@ -68,6 +70,32 @@ def k8s_namespace(k8s_cluster: ControlPlane) -> Iterator[str]:
         yield name
     finally:
         k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    """A real OpenSSH sshd on a free loopback port (unprivileged, throw-away host and client keys),
+    accepting the current user with ``sshd.client_key``: the "device" of SSH transports."""
+    from vkpy.testing import sshd as sshd_module
+
+    reason = sshd_module.missing()
+    if reason is not None:
+        missing_part(reason)
+    server = sshd_module.SshServer(tmp_path / "sshd").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def relay(sshd: SshServer) -> Iterator[TcpRelay]:
+    """A TCP relay in front of ``sshd``: connect to ``relay.port``; ``cut()``, ``stall()`` and
+    ``restore()`` simulate a link that drops or goes silent."""
+    from vkpy.testing.sshd import TcpRelay
+
+    with TcpRelay(sshd.port) as link:
+        yield link
 
 
 @pytest.hookimpl(wrapper=True)
