@@ -15,6 +15,7 @@ On a MicroPython board, copy this file to the board and call from main.py::
   vkpy_device.run_uart(1, 115200, device_id="board-1")     # machine.UART(1, 115200)
 
 Options: --device-id ID, --pods N (capacity), --log-buffer BYTES (per container),
+--without CAP,... (leave out capabilities: events, logs, env, working_dir, grace, restart),
 --max-frame BYTES (largest frame accepted), --cpu Q, --memory Q, --port PATH, --baud N,
 --stream-io (use the MicroPython I/O path: stream objects and select.poll, even on CPython),
 --verbose (diagnostics on stderr; stdout carries frames only).
@@ -590,9 +591,19 @@ def _env(spec):
 
 class Device:
     def __init__(
-        self, device_id="vkpy-device", pods=4, log_buffer=4096, max_frame=4096, cpu="1", memory="256Ki"
+        self,
+        device_id="vkpy-device",
+        pods=4,
+        log_buffer=4096,
+        max_frame=4096,
+        cpu="1",
+        memory="256Ki",
+        without=(),
     ):
         self.clock = Clock()
+        # Leaving out optional features plays an older or smaller device (hosts must cope).
+        self.capabilities = [c for c in CAPABILITIES if c not in without]
+        self.ops = [op for op in OPS if op not in OPTIONAL_OPS or OPTIONAL_OPS[op] in self.capabilities]
         self.device_id = device_id
         self.max_pods = pods
         self.log_cap = log_buffer
@@ -653,7 +664,7 @@ class Device:
         self.output.append(self._frame({"id": rid, "ok": False, "now": self.clock.ms(), "error": error}))
 
     def push_event(self, name, fields):
-        if not self.hello_done:
+        if not self.hello_done or "events" not in self.capabilities:
             return  # no host has announced itself yet; it will learn the state from list
         self.event_seq += 1
         obj = {"event": name, "seq": self.event_seq, "now": self.clock.ms()}
@@ -685,7 +696,7 @@ class Device:
         if not isinstance(op, str):
             self.send_error(rid, BAD_REQUEST, "field 'op' is missing or not a string")
             return
-        handler = getattr(self, "op_" + op, None) if op in OPS else None
+        handler = getattr(self, "op_" + op, None) if op in self.ops else None
         if handler is None:
             self.send_error(rid, UNKNOWN_OP, "unknown op %r" % op)
             return
@@ -721,7 +732,7 @@ class Device:
             "device_id": self.device_id,
             "firmware": FIRMWARE,
             "firmware_version": FIRMWARE_VERSION,
-            "capabilities": CAPABILITIES,
+            "capabilities": self.capabilities,
             "capacity": self.capacity,
             "max_frame": self.max_frame,
             "boot_id": self.boot_id,
@@ -811,7 +822,7 @@ class Device:
         max_bytes = _field(msg, "max_bytes", "int", 4096, False)
         if offset < 0 or max_bytes < 1:
             raise Fail(BAD_REQUEST, "offset must be >= 0 and max_bytes >= 1")
-        previous = msg.get("previous") is True
+        previous = msg.get("previous") is True and "restart" in self.capabilities
         if previous:
             if container.prev_log is None:
                 raise Fail(
@@ -848,9 +859,7 @@ class Device:
         if restarts < 0:
             raise Fail(BAD_REQUEST, "field 'restarts' must be >= 0")
         # Only the instance the host saw: a retransmitted restart finds the count moved on.
-        restarted = (
-            not pod.deleting and container.state == "terminated" and container.restarts == restarts
-        )
+        restarted = not pod.deleting and container.state == "terminated" and container.restarts == restarts
         if restarted:
             container.restart()
             self.start(container)
@@ -985,6 +994,7 @@ class Device:
 
 
 OPS = ("hello", "ping", "create", "delete", "list", "status", "logs", "restart")
+OPTIONAL_OPS = {"logs": "logs", "restart": "restart"}  # op: the capability that brings it
 
 
 # ------------------------------------------------------------------------------------------
@@ -1175,7 +1185,7 @@ def run_uart(uart_id, baudrate=115200, uart_options=None, **options):
 
 USAGE = """usage: vkpy_device.py [--port PATH [--baud N]] [--device-id ID] [--pods N]
                      [--log-buffer BYTES] [--max-frame BYTES] [--cpu Q] [--memory Q]
-                     [--stream-io] [--verbose]
+                     [--without CAPABILITY,...] [--stream-io] [--verbose]
 Speaks the vkpy device protocol on stdin/stdout, or on the tty/pty at PATH."""
 
 
@@ -1191,6 +1201,7 @@ def parse_args(argv):
         "--max-frame": ("max_frame", int),
         "--cpu": ("cpu", str),
         "--memory": ("memory", str),
+        "--without": ("without", lambda text: [c for c in text.split(",") if c]),
     }
     i = 0
     while i < len(argv):
@@ -1225,6 +1236,11 @@ def parse_args(argv):
         else:
             key, kind = names[arg]
             options[key] = kind(value)
+    for capability in options.get("without", ()):
+        if capability not in CAPABILITIES:
+            raise ValueError(
+                "--without: unknown capability %r (known: %s)" % (capability, ", ".join(CAPABILITIES))
+            )
     if options.get("pods", 1) < 1 or options.get("log_buffer", 1) < 1:
         raise ValueError("--pods and --log-buffer must be positive")
     if not MIN_MAX_FRAME <= options.get("max_frame", MIN_MAX_FRAME) <= MAX_MAX_FRAME:

@@ -642,3 +642,57 @@ def test_device_program_exits_on_end_of_input(device_program: Path) -> None:
     assert done.returncode == 0
     assert done.stdout == b""
     assert done.stderr == b""
+
+
+async def test_restart_starts_a_new_instance_once_and_keeps_the_previous_log(spawn_device: Any) -> None:
+    async with spawn_device() as dev:
+        client = dev.client
+        await client.hello()
+        await client.create("uid-r", [ContainerSpec("main", command=["fail", "first"])])
+        await event_of(client, ContainerExited)
+        with pytest.raises(NoSuchContainer, match="no previous instance"):
+            await client.logs("uid-r", "main", previous=True)
+
+        restarted = await client.restart("uid-r", "main", 0)
+        assert restarted.restarted
+        main = restarted.pod.container("main")
+        assert main is not None
+        assert main.restarts == 1
+        second = await event_of(client, ContainerExited)
+        assert second.state.exit_code == 1
+        # The same request again (a retransmission): the count moved on, nothing happens.
+        repeat = await client.restart("uid-r", "main", 0)
+        assert not repeat.restarted
+        assert repeat.pod.container("main") == main.__class__("main", second.state, 1)
+
+        current = await client.logs("uid-r", "main")
+        previous = await client.logs("uid-r", "main", previous=True)
+        assert (current.data, current.restarts, current.eof) == (b"first\n", 1, True)
+        assert (previous.data, previous.restarts, previous.eof) == (b"first\n", 0, True)
+
+        await client.create("uid-s", [ContainerSpec("main", command=["sleep", "5"])])
+        running = await client.restart("uid-s", "main", 0)
+        assert not running.restarted  # not terminated: nothing to restart
+        with pytest.raises(NoSuchContainer):
+            await client.restart("uid-s", "nope", 0)
+        with pytest.raises(NoSuchPod):
+            await client.restart("uid-none", "main", 0)
+        await client.delete("uid-s", grace=0)
+
+
+async def test_a_device_can_leave_out_capabilities(spawn_device: Any) -> None:
+    async with spawn_device("--without", "events,restart,logs") as dev:
+        client = dev.client
+        hello = await client.hello()
+        assert set(hello.capabilities) == {"env", "working_dir", "grace"}
+        await client.create("uid-q", [ContainerSpec("main", command=["exit", "0"])])
+        with pytest.raises(UnknownOp):
+            await client.restart("uid-q", "main", 0)
+        with pytest.raises(UnknownOp):
+            await client.logs("uid-q", "main")
+        status = (await client.status("uid-q")).pod.container("main")
+        assert status is not None
+        assert isinstance(status.state, Terminated)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await client.next_event()  # no events pushed

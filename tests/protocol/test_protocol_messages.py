@@ -34,6 +34,8 @@ from vkpy.protocol import (
     PodDeleted,
     PodStatus,
     Request,
+    Restart,
+    RestartReply,
     Running,
     Status,
     StatusReply,
@@ -86,6 +88,8 @@ REQUESTS: list[Request[Any]] = [
     List(),
     Status(uid=UID),
     Logs(uid=UID, container="main", offset=10, max_bytes=100),
+    Logs(uid=UID, container="main", offset=0, max_bytes=100, previous=True),
+    Restart(uid=UID, container="c", restarts=2),
 ]
 
 HELLO_REPLY = HelloReply(
@@ -114,6 +118,11 @@ REPLIES: list[tuple[Request[Any], Any]] = [
         REQUESTS[6],
         LogsReply(data=b"\x00\xff line\n", offset=12, next_offset=20, earliest=12, end=40, eof=False, now=10),
     ),
+    (
+        REQUESTS[7],
+        LogsReply(data=b"old\n", offset=0, next_offset=4, earliest=0, end=4, eof=True, now=11, restarts=1),
+    ),
+    (REQUESTS[8], RestartReply(restarted=True, pod=POD, now=12)),
 ]
 
 
@@ -434,3 +443,32 @@ def test_pod_helpers_and_lost_bytes() -> None:
     assert reply.lost(40) == 60
     assert reply.lost(100) == 0
     assert reply.lost(200) == 0
+
+
+def test_optional_fields_stay_off_the_wire_unless_used() -> None:
+    # Devices without the restart capability never see `previous`; old hosts ignore `restarts`.
+    assert "previous" not in wire(encode_request(1, Logs(uid=UID, container="main")))
+    assert wire(encode_request(1, Logs(uid=UID, container="main", previous=True)))["previous"] is True
+    plain = LogsReply(data=b"", offset=0, next_offset=0, earliest=0, end=0, eof=False, now=1)
+    assert "restarts" not in wire(encode_reply(1, plain))
+    numbered = LogsReply(data=b"", offset=0, next_offset=0, earliest=0, end=0, eof=False, now=1, restarts=3)
+    assert wire(encode_reply(1, numbered))["restarts"] == 3
+
+
+def test_restart_replies_and_requests_are_validated() -> None:
+    request = Restart(uid=UID, container="c", restarts=0)
+    reply = wire(encode_reply(3, RestartReply(restarted=False, pod=POD, now=1)))
+    assert decode_reply(reply, request, 3) == RestartReply(restarted=False, pod=POD, now=1)
+    with pytest.raises(MalformedMessage, match="has no container 'zz'"):
+        decode_reply(reply, Restart(uid=UID, container="zz"), 3)
+    other = wire(encode_reply(3, RestartReply(restarted=True, pod=PodStatus("x", "", "", ()), now=1)))
+    with pytest.raises(MalformedMessage, match=r"field 'pod\.uid'"):
+        decode_reply(other, request, 3)
+    with pytest.raises(MalformedMessage, match="field 'restarts': missing"):
+        decode_request({"id": 1, "op": "restart", "uid": "u", "container": "c"})
+    with pytest.raises(ValueError, match="'restarts' must be >= 0"):
+        Restart(uid="u", container="c", restarts=-1)
+    with pytest.raises(MalformedMessage, match="field 'containers': a pod needs at least one container"):
+        decode_request({"id": 1, "op": "create", "uid": "u", "containers": []})
+    with pytest.raises(MalformedMessage, match=r"field 'containers\[1\].name': duplicate"):
+        decode_request({"id": 1, "op": "create", "uid": "u", "containers": [{"name": "a"}, {"name": "a"}]})

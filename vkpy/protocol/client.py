@@ -497,7 +497,7 @@ class DeviceClient:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            reason = f"reading from the device failed: {exc!r}"
+            reason = f"reading from the device failed: {exc or repr(exc)}"
             self._log.warning("protocol.read_failed", error=repr(exc))
         self._shutdown(reason)
 

@@ -50,6 +50,9 @@ def loads(body: bytes, context: str = "message") -> JSONObject:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedMessage(context, "", f"body is not valid UTF-8 JSON ({exc})") from exc
+    except RecursionError:
+        # A frame of 64 KiB of "[" nests deeper than the parser's recursion limit.
+        raise MalformedMessage(context, "", "body nests too deeply") from None
     if not isinstance(obj, dict):
         raise MalformedMessage(context, "", f"body must be a JSON object, not {_describe(obj)}")
     return obj
@@ -779,11 +782,19 @@ class Create(Request[CreateReply]):
 
     @classmethod
     def from_wire(cls, r: FieldReader) -> Create:
+        containers = [ContainerSpec.from_wire(c) for c in r.get_obj_list("containers")]
+        if not containers:
+            r.fail("containers", "a pod needs at least one container")
+        seen: set[str] = set()
+        for index, container in enumerate(containers):
+            if container.name in seen:
+                r.fail(f"containers[{index}].name", f"duplicate container name {container.name!r}")
+            seen.add(container.name)
         return cls(
             uid=r.get_str("uid", non_empty=True),
             namespace=r.opt_str("namespace") or "",
             name=r.opt_str("name") or "",
-            containers=[ContainerSpec.from_wire(c) for c in r.get_obj_list("containers")],
+            containers=containers,
         )
 
 
@@ -1010,7 +1021,10 @@ def decode_request(obj: Mapping[str, object]) -> tuple[int, Request[Any]]:
     if cls is None:
         r.fail("op", f"unknown op {op!r}")
     r.context = f"{op} request"
-    return request_id, cls.from_wire(r)
+    try:
+        return request_id, cls.from_wire(r)
+    except (ValueError, TypeError) as exc:  # an attrs validator the field checks did not cover
+        raise MalformedMessage(r.context, "", str(exc)) from exc
 
 
 def encode_reply(request_id: int, reply: Reply | ErrorReply) -> bytes:
