@@ -125,7 +125,8 @@ class Watcher:
             "allowWatchBookmarks": True,
             "timeoutSeconds": timeout,
         }
-        async for event in self.client.watch_lines(self.path, query, timeout=self.idle_timeout or timeout + 30):
+        idle_limit = self.idle_timeout or timeout + 30
+        async for event in self.client.watch_lines(self.path, query, timeout=idle_limit):
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
