@@ -3,22 +3,32 @@ serial port opened with pyserial-asyncio-fast.
 
 Everything about pods, reconnects and logs is the base class's; this module only knows how to
 find and open the port, and how a slow line stretches the protocol's timeouts.
+
+With ``mode: raw`` the port is a raw byte channel instead (:mod:`vkpy_serial.raw`): the transport
+keeps it open and healthy but speaks no protocol, and leaves pods to a device plugin that uses
+:meth:`SerialTransport.channel` (the ``micropython`` plugin).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import glob
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any, Literal
 
 import attrs
 import serial
 import serial_asyncio_fast
 
+from vkpy import hookimpl
 from vkpy.config import InvalidValue, parse_with
+from vkpy.errors import LogsNotAvailable, PodRejected
 from vkpy.protocol import AsyncioStreams, ByteStream, ProtocolOptions, ProtocolTransport
-from vkpy.types import NodeHandle
+from vkpy.types import DeviceHealth, LogLine, LogOptions, NodeHandle, Pod, PodStatusReport
+
+from .raw import RawChannel, RawPort
 
 PARITIES = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
 _GLOB_CHARS = frozenset("*?[")
@@ -73,14 +83,24 @@ class SerialOptions(ProtocolOptions):
     """Hardware flow control (DSR/DTR)."""
     exclusive: bool = True
     """Lock the port (``flock``) so that no other program vkpy-aware or not opens it meanwhile."""
+    mode: Literal["protocol", "raw"] = "protocol"
+    """``protocol``: the device speaks the vkpy device protocol. ``raw``: the port is a raw byte
+    channel for a device plugin (``plugins: [micropython]``); the protocol settings do not apply."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         if self.xonxoff:
+            what = "raw mode is binary" if self.mode == "raw" else "the vkpy protocol sends binary frames"
             raise InvalidValue(
-                "the vkpy protocol sends binary frames: XON/XOFF flow control would eat 0x11 and 0x13 bytes",
+                f"{what}: XON/XOFF flow control would eat 0x11 and 0x13 bytes",
                 hint="use rtscts: true for flow control",
                 key="xonxoff",
+            )
+        if self.mode == "raw" and self.device_id is not None:
+            raise InvalidValue(
+                "device_id is checked in the vkpy protocol's hello, which mode: raw does not speak",
+                hint="remove device_id, or use mode: protocol",
+                key="device_id",
             )
 
 
@@ -94,6 +114,122 @@ class SerialTransport(ProtocolTransport):
         super().__init__(node, options)
         self.options: SerialOptions
         self._resolved: str | None = None
+        self._raw = RawPort(self) if options.mode == "raw" else None
+
+    # -- raw mode: the API for device plugins --------------------------------------------------------
+
+    @property
+    def raw(self) -> bool:
+        """True in ``mode: raw``: the port is a byte channel for a device plugin."""
+        return self._raw is not None
+
+    def channel(self) -> contextlib.AbstractAsyncContextManager[RawChannel]:
+        """``async with transport.channel() as ch``: exclusive use of the open port (raw mode only).
+        Waits for the previous user; raises :class:`vkpy.DeviceUnreachable` if the port is not open
+        then. See :class:`vkpy_serial.raw.RawChannel`."""
+        return self._raw_port().channel()
+
+    @property
+    def connection(self) -> int | None:
+        """Raw mode: which opening of the port is current (it grows by one per reopen), None while
+        the port is closed."""
+        return self._raw_port().connection
+
+    @property
+    def channel_busy(self) -> bool:
+        """Raw mode: True while some user holds the channel."""
+        return self._raw_port().busy
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        if self._raw is not None:
+            return await self._raw.wait_connected(timeout)
+        return await super().wait_connected(timeout)
+
+    def _raw_port(self) -> RawPort:
+        if self._raw is None:
+            raise RuntimeError(
+                f"{self.describe()}: the raw channel needs mode: raw in the node's serial: section"
+            )
+        return self._raw
+
+    def _no_device_plugin(self) -> PodRejected:
+        return PodRejected(
+            "transport serial in raw mode needs a device plugin such as micropython "
+            f"(add plugins: [micropython] to node {self.node.name})",
+            reason="NoDevicePlugin",
+        )
+
+    # -- hooks: the protocol's, or in raw mode the port alone -----------------------------------------
+
+    @hookimpl
+    async def node_start(self, node: NodeHandle) -> None:
+        if self._raw is not None:
+            await self._raw.start()
+            return
+        await super().node_start(node)
+
+    @hookimpl
+    async def node_stop(self, node: NodeHandle) -> None:
+        if self._raw is not None:
+            await self._raw.stop()
+            return
+        await super().node_stop(node)
+
+    @hookimpl
+    async def node_capacity(self, node: NodeHandle) -> Mapping[str, str] | None:
+        if self._raw is not None:
+            return None
+        return await super().node_capacity(node)
+
+    @hookimpl
+    async def node_health(self, node: NodeHandle) -> DeviceHealth:
+        if self._raw is not None:
+            return self._raw.health
+        return await super().node_health(node)
+
+    @hookimpl
+    async def list_pods(self, node: NodeHandle) -> Collection[str]:
+        if self._raw is not None:
+            return []  # the port alone holds no pods
+        return await super().list_pods(node)
+
+    @hookimpl
+    async def create_pod(self, node: NodeHandle, pod: Pod) -> None:
+        if self._raw is not None:
+            raise self._no_device_plugin()
+        await super().create_pod(node, pod)
+
+    @hookimpl
+    async def update_pod(self, node: NodeHandle, pod: Pod) -> None:
+        if self._raw is None:
+            await super().update_pod(node, pod)
+
+    @hookimpl
+    async def delete_pod(self, node: NodeHandle, pod: Pod, grace_period_seconds: int) -> None:
+        if self._raw is None:
+            await super().delete_pod(node, pod, grace_period_seconds)
+
+    @hookimpl
+    async def restart_container(self, node: NodeHandle, pod: Pod, container_name: str) -> None:
+        if self._raw is not None:
+            raise self._no_device_plugin()
+        await super().restart_container(node, pod, container_name)
+
+    @hookimpl
+    async def get_pod_status(self, node: NodeHandle, pod: Pod) -> PodStatusReport | None:
+        if self._raw is not None:
+            return None  # never created: create_pod then says why
+        return await super().get_pod_status(node, pod)
+
+    @hookimpl
+    def get_container_logs(
+        self, node: NodeHandle, pod: Pod, container_name: str, options: LogOptions
+    ) -> AsyncIterator[LogLine]:
+        if self._raw is not None:
+            raise LogsNotAvailable(str(self._no_device_plugin()))
+        return super().get_container_logs(node, pod, container_name, options)
+
+    # -- the port ---------------------------------------------------------------------------------------
 
     def describe(self) -> str:
         port = self.options.port
