@@ -11,7 +11,9 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 ROOT = Path(__file__).parent
-PYTHON = "3.11"
+# The interpreter nox itself runs on (3.11 or newer): pinning one version would make nox skip
+# every session, and still exit 0, on a machine that has another.
+PYTHON = None
 
 
 def plugin_dirs() -> list[str]:
@@ -20,8 +22,9 @@ def plugin_dirs() -> list[str]:
 
 
 def test_support_dirs() -> list[str]:
-    """Plugins that exist only for vkpy's own tests (fault injection, call recording)."""
-    return [str(p.parent) for p in sorted(ROOT.glob("tests/support/*/pyproject.toml"))]
+    """Plugins the tests load: test-only ones (fault injection, call recording) and the examples."""
+    found = [*ROOT.glob("tests/support/*/pyproject.toml"), *ROOT.glob("examples/*/pyproject.toml")]
+    return [str(p.parent) for p in sorted(found)]
 
 
 def install_project(session: nox.Session, *extra: str) -> None:
@@ -64,6 +67,18 @@ def docs(session: nox.Session) -> None:
     """Build the documentation; any warning is an error."""
     session.install("sphinx>=8,<10", "myst-parser>=4", "furo")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """vkpy beside the Go virtual-kubelet and kwok (`nox -s bench -- --quick` for a smoke run)."""
+    install_project(session)
+    session.install("-e", "benchmarks/vkpy-instant")
+    if "--profile" in session.posargs:
+        session.install("py-spy")
+    build_control_plane(session)
+    session.run("python", "benchmarks/contenders.py", "build")
+    session.run("python", "benchmarks/run.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

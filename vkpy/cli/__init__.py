@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "vkpy.cli.run",
     "vkpy.cli.check",
     "vkpy.cli.plugins",
+    "vkpy.cli.certs",
     "vkpy.cli.version",
 )
 

@@ -382,7 +382,13 @@ def _check_files(config: VkpyConfig, issues: list[ConfigIssue]) -> None:
         "kubelet.tls_cert": config.kubelet.tls_cert,
         "kubelet.tls_key": config.kubelet.tls_key,
         "kubelet.client_ca": config.kubelet.client_ca,
+        "certificates.bootstrap_kubeconfig": config.certificates.bootstrap_kubeconfig
+        if config.certificates
+        else None,
     }
     for key, file in files.items():
         if file is not None and not file.is_file():
             issues.append(ConfigIssue(key, f"no such file: {file}"))
+    certificates = config.certificates
+    if certificates is not None and certificates.dir.exists() and not certificates.dir.is_dir():
+        issues.append(ConfigIssue("certificates.dir", f"not a folder: {certificates.dir}"))

@@ -176,6 +176,67 @@ class KubeletConfig:
             raise InvalidValue("tls_cert and tls_key go together; set both or neither", key=missing)
 
 
+MIN_CERTIFICATE_SECONDS = 600
+"""The shortest certificate lifetime the certificates API accepts (``expirationSeconds``)."""
+
+
+@attrs.frozen(kw_only=True)
+class CertificatesConfig:
+    """Node certificates vkpy obtains from the cluster (CertificateSigningRequests) and renews."""
+
+    dir: Path
+    bootstrap_kubeconfig: Path | None = None
+    expiration: PositiveDuration | None = None
+    renew_before: PositiveDuration | None = None
+    approval_timeout: PositiveDuration = 3600.0
+    serving: bool = True
+    serving_names: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.expiration is not None and self.expiration < MIN_CERTIFICATE_SECONDS:
+            raise InvalidValue(
+                f"must be at least {MIN_CERTIFICATE_SECONDS}s (the API's minimum), got {self.expiration:g}s",
+                key="expiration",
+            )
+        if (
+            self.expiration is not None
+            and self.renew_before is not None
+            and self.renew_before >= self.expiration
+        ):
+            raise InvalidValue(
+                f"must be shorter than expiration ({self.expiration:g}s), got {self.renew_before:g}s",
+                key="renew_before",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class LeaderElectionConfig:
+    """Several replicas for the same nodes: the one holding a Lease runs them, the others wait."""
+
+    enabled: bool = False
+    namespace: NodeName = "vkpy-system"
+    name: NodeName = "vkpy"
+    identity: str | None = None
+    lease_duration: PositiveDuration = 15.0
+    renew_interval: PositiveDuration = 2.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.renew_interval > self.lease_duration / 3:
+            raise InvalidValue(
+                f"must be at most a third of lease_duration ({self.lease_duration / 3:g}s), so that two "
+                f"renewals can fail before the leader gives up; got {self.renew_interval:g}s",
+                key="renew_interval",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """A plain-HTTP port for /metrics, /healthz and /readyz (the kubelet port serves them too)."""
+
+    address: IPAddress = "0.0.0.0"  # noqa: S104 - a metrics port listens on every interface by default
+    port: Port | None = None
+
+
 @attrs.frozen(kw_only=True)
 class Taint:
     key: QualifiedName
@@ -237,10 +298,14 @@ class NodeConfig:
 
 @attrs.frozen(kw_only=True)
 class VkpyConfig:
-    """A whole configuration file: the cluster credentials, logging, the kubelet server, the nodes."""
+    """A whole configuration file: the cluster credentials, logging, the kubelet server, certificates,
+    leader election, the metrics port, the nodes."""
 
     source: Path
     kubeconfig: Path | None = None
     log: LogConfig = attrs.field(factory=LogConfig)
     kubelet: KubeletConfig = attrs.field(factory=KubeletConfig)
+    certificates: CertificatesConfig | None = None
+    leader_election: LeaderElectionConfig = attrs.field(factory=LeaderElectionConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     nodes: tuple[NodeConfig, ...]

@@ -12,7 +12,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 from vkpy.errors import ConfigError, DeviceUnreachable, LogsNotAvailable
 from vkpy.kubelet.logformat import ByteBudget, render_line
 from vkpy.kubelet.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from vkpy.kubelet.metrics import KubeletMetrics
+from vkpy.kubelet.metrics import Check, KubeletMetrics, readyz_text
 from vkpy.kubelet.query import QueryError, parse_log_options, parse_stream
 from vkpy.kubelet.tls import (
     load_certificate,
@@ -41,11 +41,11 @@ ANONYMOUS_REFUSED: Final = (
     "anonymous requests are refused: present a client certificate signed by the cluster CA"
 )
 
-# Liveness probes carry no client certificate, and "ok" tells nobody anything (the apiserver also
-# lets anonymous callers read its /healthz).
-_PUBLIC_PATHS: Final = frozenset({"/healthz"})
+# Liveness and readiness probes carry no client certificate, and neither answer gives anything away
+# (the apiserver also lets anonymous callers read its /healthz and /readyz).
+_PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
 _UNSUPPORTED: Final = ("exec", "attach", "portForward", "run")
-_QUIET_ROUTES: Final = frozenset({"healthz", "metrics"})
+_QUIET_ROUTES: Final = frozenset({"healthz", "readyz", "metrics"})
 # The apiserver passes the kubelet's own words on to kubectl only for 400 and 500 (as the kubelet
 # answers); any other code becomes a generic message that hides what is wrong.
 _BACKEND_ERRORS: Final[Mapping[type[Exception], int]] = {LogsNotAvailable: 400, DeviceUnreachable: 500}
@@ -56,6 +56,11 @@ _CLOSE_TIMEOUT: Final = 5.0
 
 _PEER: Final = web.RequestKey("vkpy_kubelet_peer", str)
 _STREAM: Final = web.RequestKey("vkpy_kubelet_stream", web.StreamResponse)
+
+MetricsSource = Callable[[], str]
+"""More metrics for ``/metrics``: exposition text appended to the server's own."""
+ReadinessSource = Callable[[], Sequence[Check]]
+"""The checks ``/readyz`` reports; without one, ready means ``backend.healthy()``."""
 
 
 class KubeletBackend(Protocol):
@@ -188,7 +193,8 @@ class KubeletServer:
     which an apiserver verifying kubelets will refuse). ``client_ca`` is the CA that signs the
     apiserver's kubelet-client certificate; callers without a certificate get a 401 unless
     ``allow_anonymous``. ``first_line_grace`` is how long a ``follow`` request waits for its first
-    line before the 200 goes out (after that, an error can only end the stream)."""
+    line before the 200 goes out (after that, an error can only end the stream).
+    ``metrics_source`` adds to ``/metrics`` and ``readiness`` answers ``/readyz``."""
 
     backend: KubeletBackend
     address: str
@@ -198,6 +204,8 @@ class KubeletServer:
     client_ca: Path | None = attrs.field(default=None, converter=_optional_path)
     allow_anonymous: bool = False
     first_line_grace: float = 2.0
+    metrics_source: MetricsSource | None = None
+    readiness: ReadinessSource | None = None
     _metrics: KubeletMetrics = attrs.field(init=False, factory=KubeletMetrics)
     _context: ssl.SSLContext | None = attrs.field(init=False, default=None)
     _runner: web.AppRunner | None = attrs.field(init=False, default=None)
@@ -318,6 +326,7 @@ class KubeletServer:
         )
         router.add_get("/pods", self._pods, name="pods")
         router.add_get("/healthz", self._healthz, name="healthz")
+        router.add_get("/readyz", self._readyz, name="readyz")
         router.add_get("/metrics", self._metrics_text, name="metrics")
         for kind in _UNSUPPORTED:
             router.add_route("*", f"/{kind}/{{rest:.*}}", self._unsupported, name=kind)
@@ -495,11 +504,83 @@ class KubeletServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         return _text(200, "ok") if self.backend.healthy() else _text(500, "unhealthy")
 
+    async def _readyz(self, request: web.Request) -> web.Response:
+        return readyz_response(self.checks())
+
+    def checks(self) -> Sequence[Check]:
+        """What ``/readyz`` reports: the ``readiness`` checks, else whether the backend is healthy."""
+        if self.readiness is not None:
+            return self.readiness()
+        healthy = self.backend.healthy()
+        return [Check("process", healthy, "" if healthy else "the process reports itself unhealthy")]
+
+    def metrics_text(self) -> str:
+        """Everything ``/metrics`` shows: the server's own counters, then ``metrics_source``'s."""
+        text = self._metrics.render()
+        if self.metrics_source is not None:
+            text += self.metrics_source()
+        return text
+
     async def _metrics_text(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self._metrics.render().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE}
-        )
+        return web.Response(body=self.metrics_text().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _unsupported(self, request: web.Request) -> web.Response:
         kind = _route_name(request)
         return _text(501, f"vkpy does not support {kind}: devices have no container runtime")
+
+
+def readyz_response(checks: Sequence[Check]) -> web.Response:
+    ready, body = readyz_text(checks)
+    return web.Response(status=200 if ready else 500, text=body)
+
+
+@attrs.define(eq=False)
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over plain HTTP on a port of their own, for
+    Prometheus and for probes that hold no client certificate for the kubelet port. It can start
+    before the kubelet server (which may wait for its certificate), so it asks callables."""
+
+    metrics: MetricsSource
+    healthy: Callable[[], bool]
+    readiness: ReadinessSource
+    address: str
+    _port: int = attrs.field(alias="port")
+    _runner: web.AppRunner | None = attrs.field(init=False, default=None)
+    _bound_port: int | None = attrs.field(init=False, default=None)
+
+    @property
+    def port(self) -> int:
+        return self._bound_port if self._bound_port is not None else self._port
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.address, self._port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"metrics: cannot listen on {self.address}:{self._port}: {exc.strerror or exc}"
+            ) from exc
+        self._runner = runner
+        self._bound_port = int(runner.addresses[0][1])
+        log.info("metrics.listening", address=self.address, port=self._bound_port)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        self._bound_port = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _text(200, "ok") if self.healthy() else _text(500, "unhealthy")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        return readyz_response(self.readiness())

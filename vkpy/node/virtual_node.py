@@ -12,6 +12,7 @@ import structlog
 
 from vkpy import __version__
 from vkpy.kube import JSON, KubeClient, KubeError, micro_time, now
+from vkpy.kubelet.metrics import NodeMetrics
 from vkpy.node import manifest
 from vkpy.node.manifest import NodeFacts, Readiness
 from vkpy.plugins import dispatch
@@ -46,6 +47,8 @@ class VirtualNode:
         self.kubelet_port = kubelet_port
         self._log = structlog.get_logger("vkpy.node").bind(node=config.name)
         self.health = DeviceHealth(reachable=True)
+        self._pushed_health = DeviceHealth(reachable=True)
+        self._polled_health = DeviceHealth(reachable=True)
         self.pods_synced = False
         self.uid: str | None = None
         self._status_listeners: list[Callable[[str], None]] = []
@@ -56,6 +59,7 @@ class VirtualNode:
         self._previous_conditions: list[JSON] = []
         self._device_capacity: Mapping[str, str] | None = None
         self._register_lock = asyncio.Lock()
+        self.metrics = NodeMetrics()
 
     # -- NodeHandle ------------------------------------------------------------------------------
     @property
@@ -79,10 +83,20 @@ class VirtualNode:
             listener(pod_uid)
 
     def set_health(self, health: DeviceHealth) -> None:
+        # What a transport pushes stands until it pushes again; a plugin's polled "healthy" (or
+        # another plugin's) must not hide it.
+        self._pushed_health = health
+        self._apply_health()
+
+    def _apply_health(self) -> None:
+        pushed, polled = self._pushed_health, self._polled_health
+        health = pushed if not pushed.reachable else polled
         if health != self.health:
             self._log.info(
                 "node.device_health", reachable=health.reachable, reason=health.reason, message=health.message
             )
+            if health.reachable != self.health.reachable:
+                self.metrics.device_health_changed(health.reachable)
             self.health = health
             self._wake.set()
 
@@ -225,6 +239,7 @@ class VirtualNode:
                 {"metadata": {"ownerReferences": body["metadata"]["ownerReferences"]}, "spec": body["spec"]},
                 content_type="application/merge-patch+json",
             )
+        self.metrics.lease_renewed()
 
     async def renew_lease(self) -> None:
         try:
@@ -239,6 +254,7 @@ class VirtualNode:
                 },
                 content_type="application/merge-patch+json",
             )
+            self.metrics.lease_renewed()
         except KubeError as exc:
             if not exc.not_found:
                 raise
@@ -268,11 +284,14 @@ class VirtualNode:
             async with asyncio.timeout(STATUS_INTERVAL / 2):
                 answers = await dispatch.call_all(self.pm, "node_health", node=self)
         except Exception as exc:
-            self.set_health(DeviceHealth(False, "DeviceHealthCheckFailed", f"health check failed: {exc}"))
+            failed = f"health check failed: {exc}"
+            self._polled_health = DeviceHealth(False, "DeviceHealthCheckFailed", failed)
+            self._apply_health()
             return
         if answers:
             unhealthy = [h for h in answers if isinstance(h, DeviceHealth) and not h.reachable]
-            self.set_health(unhealthy[0] if unhealthy else DeviceHealth(True))
+            self._polled_health = unhealthy[0] if unhealthy else DeviceHealth(True)
+            self._apply_health()
 
     async def _write_status(self, force: bool = False) -> None:
         readiness = self.readiness()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from typing import Any
 
 import pluggy
@@ -34,14 +35,28 @@ def has_implementation(pm: pluggy.PluginManager, hook_name: str) -> bool:
     return bool(_implementations(pm, hook_name))
 
 
-async def call_first(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> Any:
-    """Ask each implementation, most specific first; return the first answer that is not DEFER."""
-    for impl in _implementations(pm, hook_name):
-        if _TRACE:
-            log.debug("hook.call", hook=hook_name, plugin=impl.plugin_name)
+async def _call(impl: Any, hook_name: str, kwargs: dict[str, Any]) -> Any:
+    """One implementation, timed into the node's metrics when the node keeps them."""
+    if _TRACE:
+        log.debug("hook.call", hook=hook_name, plugin=impl.plugin_name)
+    started = time.perf_counter()
+    outcome = "error"
+    try:
         result = impl.function(*(kwargs[name] for name in impl.argnames))
         if inspect.isawaitable(result):
             result = await result
+        outcome = "deferred" if result is DEFER else "ok"
+        return result
+    finally:
+        metrics = getattr(kwargs.get("node"), "metrics", None)
+        if metrics is not None:
+            metrics.observe_hook(hook_name, impl.plugin_name, time.perf_counter() - started, outcome)
+
+
+async def call_first(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> Any:
+    """Ask each implementation, most specific first; return the first answer that is not DEFER."""
+    for impl in _implementations(pm, hook_name):
+        result = await _call(impl, hook_name, kwargs)
         if result is DEFER:
             continue
         return result
@@ -57,11 +72,7 @@ async def call_all(
         impls.reverse()
     results = []
     for impl in impls:
-        if _TRACE:
-            log.debug("hook.call", hook=hook_name, plugin=impl.plugin_name)
-        result = impl.function(*(kwargs[name] for name in impl.argnames))
-        if inspect.isawaitable(result):
-            result = await result
+        result = await _call(impl, hook_name, kwargs)
         if result is not None and result is not DEFER:
             results.append(result)
     return results
