@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from helpers import StartVkpy, jsonpath, wait_node_ready
+from helpers import StartVkpy, jsonpath, node_entry, wait_node_ready
 
 from vkpy.testing import wait_for
 from vkpy.testing.cluster import ControlPlane
@@ -48,8 +49,6 @@ def test_a_node_registers_like_a_kubelet(k8s_cluster: ControlPlane, start_vkpy: 
 def test_configured_labels_and_taints(
     k8s_cluster: ControlPlane, start_vkpy: StartVkpy, tmp_path: Path
 ) -> None:
-    from helpers import node_entry
-
     entry = node_entry(
         "node-cfg",
         tmp_path / "state",
@@ -116,3 +115,24 @@ def test_many_nodes_share_one_identity(
     start_vkpy(["shared-a", "shared-b", "shared-c"], identity=shared_identity)
     for name in ("shared-a", "shared-b", "shared-c"):
         wait_node_ready(k8s_cluster, name)
+
+
+def test_a_device_that_comes_back_reports_its_capacity_again(
+    k8s_cluster: ControlPlane, start_vkpy: StartVkpy, probe_dir: Path, tmp_path: Path
+) -> None:
+    (probe_dir / "node-cap.unreachable").write_text("not plugged in yet")
+    entry = node_entry("node-cap", tmp_path / "state")
+    del entry["capacity"]  # the device's report decides
+    start_vkpy([], nodes=[entry])
+    wait_for(
+        lambda: jsonpath(k8s_cluster, "node", "node-cap", "{.metadata.name}"), timeout=30, what="the node"
+    )
+
+    (probe_dir / "node-cap.capacity").write_text(json.dumps({"cpu": "3", "memory": "3Gi", "pods": "7"}))
+    (probe_dir / "node-cap.unreachable").unlink()
+    wait_node_ready(k8s_cluster, "node-cap", timeout=30)
+    wait_for(
+        lambda: jsonpath(k8s_cluster, "node", "node-cap", "{.status.capacity.pods}") == "7",
+        timeout=30,
+        what="the device's capacity",
+    )

@@ -58,6 +58,7 @@ class VirtualNode:
         self._last_report = 0.0
         self._previous_conditions: list[JSON] = []
         self._device_capacity: Mapping[str, str] | None = None
+        self._capacity_stale = False
         self._register_lock = asyncio.Lock()
         self.metrics = NodeMetrics()
 
@@ -97,6 +98,8 @@ class VirtualNode:
             )
             if health.reachable != self.health.reachable:
                 self.metrics.device_health_changed(health.reachable)
+                # A device that was away (or absent at start) may report another capacity now.
+                self._capacity_stale = health.reachable
             self.health = health
             self._wake.set()
 
@@ -158,10 +161,7 @@ class VirtualNode:
             # The node still registers (NotReady): the user sees why in `kubectl describe node`.
             self._log.error("node.start_failed", error=str(exc))
             self.set_health(DeviceHealth(False, "DeviceStartFailed", str(exc)))
-        with contextlib.suppress(Exception):
-            reported = await dispatch.call_all(self.pm, "node_capacity", node=self)
-            if reported:
-                self._device_capacity = {str(k): str(v) for k, v in dict(reported[-1]).items()}
+        await self._refresh_capacity()
         await self.register()
         self._tasks = [
             asyncio.create_task(self._lease_loop(), name=f"lease:{self.name}"),
@@ -313,6 +313,23 @@ class VirtualNode:
         self._last_readiness = readiness
         self._last_report = loop.time()
 
+    async def _refresh_capacity(self) -> bool:
+        """Ask the device for its capacity; True when it differs from what the node reports."""
+        self._capacity_stale = False
+        try:
+            reported = await dispatch.call_all(self.pm, "node_capacity", node=self)
+        except Exception as exc:
+            self._log.warning("node.capacity_unavailable", error=str(exc))
+            return False
+        if not reported:
+            return False
+        capacity = {str(k): str(v) for k, v in dict(reported[-1]).items()}
+        if capacity == self._device_capacity:
+            return False
+        self._device_capacity = capacity
+        self._log.info("node.device_capacity", capacity=capacity)
+        return True
+
     async def _status_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -321,6 +338,7 @@ class VirtualNode:
             self._wake.clear()
             try:
                 await self._poll_health()
-                await self._write_status()
+                changed = self._capacity_stale and await self._refresh_capacity()
+                await self._write_status(force=changed)
             except Exception as exc:
                 self._log.warning("node.status_update_failed", error=str(exc))

@@ -3,7 +3,8 @@
 It records every pod hook call (one JSON line per call in ``$VKPY_PROBE_DIR/<node>.calls``) and then
 returns ``DEFER``, so the transport does the real work. Files in ``$VKPY_PROBE_DIR`` inject faults:
 ``<node>.unreachable`` (its text is the message) makes the device unreachable, and
-``<node>.fail-create`` holding a number N fails the next N creates.
+``<node>.fail-create`` holding a number N fails the next N creates, and ``<node>.capacity`` (JSON)
+is the capacity the device reports.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ async def node_health(node: NodeHandle) -> DeviceHealth:
     if message:
         return DeviceHealth(False, "ProbeUnreachable", message)
     return DeviceHealth(True)
+
+
+@vkpy.hookimpl
+async def node_capacity(node: NodeHandle) -> dict[str, str] | None:
+    directory = _dir()
+    path = directory / f"{node.name}.capacity" if directory else None
+    if path is None or not path.exists():
+        return None
+    return dict(json.loads(path.read_text()))
 
 
 @vkpy.hookimpl
