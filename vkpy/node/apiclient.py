@@ -21,7 +21,7 @@ import attrs
 import structlog
 from kubernetes_asyncio.client import rest
 
-from vkpy.kube import KubeClient
+from vkpy.kube import KubeClient, without_environment_lookups
 
 log = structlog.get_logger("vkpy.api")
 
@@ -99,7 +99,7 @@ class ObservedClient(KubeClient):
         previous = (configuration.cert_file, configuration.key_file)
         configuration.cert_file, configuration.key_file = str(cert_file), str(key_file or cert_file)
         try:
-            fresh = rest.RESTClientObject(configuration)
+            fresh = without_environment_lookups(rest.RESTClientObject(configuration))
         except Exception:
             configuration.cert_file, configuration.key_file = previous
             raise
