@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from helpers import TOLERATION, jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
 from serial_support import DeviceProcess, Faults, SerialLink, StartDevice
 
 from vkpy.testing import wait_for
 from vkpy.testing.cluster import ControlPlane
+from vkpy.testing.pytest_plugin import missing_part
 
 
 def serial_node(name: str, port: str | Path, **serial: Any) -> dict[str, Any]:
@@ -292,11 +292,12 @@ def test_a_noisy_line_still_gives_the_right_results(
     )
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="the documented example needs socat")
 def test_the_documented_socat_example(
     k8s_cluster: ControlPlane, k8s_namespace: str, start_vkpy: Any, tmp_path: Path
 ) -> None:
     """docs/transports/serial.md: a pty pair from socat, the reference device on one end."""
+    if shutil.which("socat") is None:
+        missing_part("socat (Debian package socat; .ci/install-system-deps installs it)")
     cluster, node, ns = k8s_cluster, "serial-socat", k8s_namespace
     device_end, vkpy_end = tmp_path / "device-end", tmp_path / "vkpy-end"
     socat = subprocess.Popen(

@@ -42,7 +42,7 @@ class VirtualNode:
         self.config = config
         self.client = client
         self._transport = transport
-        self.pm: pluggy.PluginManager = plugin_manager  # type: ignore[assignment]  # set by attach()
+        self._pm = plugin_manager
         self.address = address
         self.kubelet_port = kubelet_port
         self._log = structlog.get_logger("vkpy.node").bind(node=config.name)
@@ -75,9 +75,16 @@ class VirtualNode:
     def log(self) -> Any:
         return self._log
 
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """The node's PluginManager: its transport and device plugins."""
+        if self._pm is None:
+            raise RuntimeError(f"node {self.name}: no plugins attached yet")
+        return self._pm
+
     def attach(self, transport: Any, pm: pluggy.PluginManager) -> None:
         self._transport = transport
-        self.pm = pm
+        self._pm = pm
 
     def report_status(self, pod_uid: str) -> None:
         for listener in self._status_listeners:
