@@ -54,7 +54,7 @@ def test_a_pod_runs_and_its_logs_and_status_reach_kubectl(
         "get", "events", "-n", k8s_namespace, "--field-selector", "involvedObject.name=hello", "-o", "json"
     ).stdout
     reasons = {e["reason"] for e in json.loads(events)["items"]}
-    assert "Created" in reasons
+    assert "Started" in reasons
 
 
 def test_kubectl_logs_follow_streams_live(

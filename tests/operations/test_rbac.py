@@ -76,7 +76,7 @@ class World:
     def created_event(self, variant: Variant) -> bool:
         events = self.cluster.kubectl_json("get", "events", "-n", self.namespace)["items"]
         return any(
-            e["involvedObject"]["name"] == f"plain-{variant.slug}" and e["reason"] == "Created"
+            e["involvedObject"]["name"] == f"plain-{variant.slug}" and e["reason"] == "Started"
             for e in events
         )
 

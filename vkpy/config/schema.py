@@ -150,6 +150,7 @@ Port = Annotated[int, Parse(port)]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["auto", "json", "console"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+EventLevel = Literal["all", "brief", "warnings"]
 
 
 @attrs.frozen(kw_only=True)
@@ -285,6 +286,7 @@ class NodeConfig:
     arch: LabelValue | None = None
     status_interval: PositiveDuration = 10.0
     restart_backoff: Backoff = attrs.field(factory=Backoff)
+    events: EventLevel = "brief"
 
     def __attrs_post_init__(self) -> None:
         if not self.transport:

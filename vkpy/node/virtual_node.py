@@ -59,6 +59,9 @@ class VirtualNode:
         self._previous_conditions: list[JSON] = []
         self._device_capacity: Mapping[str, str] | None = None
         self._capacity_stale = False
+        # Every pod's env resolution reads the facts: built once per change of what they depend on.
+        self._facts: tuple[tuple[object, ...], NodeFacts] | None = None
+        self._capacity_generation = 0
         self._register_lock = asyncio.Lock()
         self.metrics = NodeMetrics()
 
@@ -135,6 +138,12 @@ class VirtualNode:
         )
 
     def facts(self) -> NodeFacts:
+        key = (self.address, self.kubelet_port, self._capacity_generation)
+        if self._facts is None or self._facts[0] != key:
+            self._facts = (key, self._build_facts())
+        return self._facts[1]
+
+    def _build_facts(self) -> NodeFacts:
         capacity = dict(self.config.capacity or self._device_capacity or manifest.DEFAULT_CAPACITY)
         allocatable = dict(self.config.allocatable or capacity)
         taints = self.config.taints
@@ -334,6 +343,7 @@ class VirtualNode:
         if capacity == self._device_capacity:
             return False
         self._device_capacity = capacity
+        self._capacity_generation += 1
         self._log.info("node.device_capacity", capacity=capacity)
         return True
 

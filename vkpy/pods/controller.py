@@ -29,6 +29,7 @@ from vkpy.watching import Backoff, Watcher
 log = structlog.get_logger("vkpy.pods")
 
 ORPHAN_RETRY = Backoff(initial=5.0, maximum=60.0)
+FINISHED_MEMORY_SECONDS = 300.0
 
 
 class PodController:
@@ -36,10 +37,17 @@ class PodController:
         self.nodes = dict(nodes)
         self.workers: dict[str, PodWorker] = {}
         self.by_name: dict[tuple[str, str], str] = {}
-        self.events = {name: EventRecorder(node.client, name) for name, node in self.nodes.items()}
+        self.events = {
+            name: EventRecorder(node.client, name, getattr(node.config, "events", "brief"))
+            for name, node in self.nodes.items()
+        }
         self.watchers: list[Watcher] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._orphans_checked: set[str] = set()
+        # Pods whose final delete is done, until their DELETED event: an event still queued for
+        # one must not start a new worker that asks the device and deletes again. In insertion
+        # (= finishing) order, so the oldest are forgotten first.
+        self._finished_uids: dict[str, float] = {}
         self._background_tasks: set[asyncio.Task[None]] = set()
         for node in self.nodes.values():
             node.add_status_listener(self._poke)
@@ -107,6 +115,9 @@ class PodController:
             if node_name in names:
                 present[node_name].add(obj["metadata"]["uid"])
                 self._dispatch(obj["metadata"]["uid"], node_name, obj)
+        listed = set().union(*present.values())
+        for uid in [u for u in self._finished_uids if u not in listed]:
+            del self._finished_uids[uid]
         # Deleted while the watch was down: the worker lets the device go of it.
         for uid, worker in list(self.workers.items()):
             if worker.node.name in names and uid not in present[worker.node.name]:
@@ -160,6 +171,10 @@ class PodController:
     def _dispatch(self, uid: str, node_name: str, obj: JSON | None) -> None:
         worker = self.workers.get(uid)
         if worker is None:
+            if uid in self._finished_uids:
+                if obj is None:
+                    del self._finished_uids[uid]
+                return
             if obj is None:
                 return
             worker = PodWorker(uid, self.nodes[node_name], self.events[node_name], self._finished)
@@ -175,9 +190,22 @@ class PodController:
     def _finished(self, worker: PodWorker) -> None:
         if self.workers.get(worker.uid) is worker:
             del self.workers[worker.uid]
+        if worker.latest is not None:
+            # Gone from the API already when `latest` is None: no DELETED event is to come.
+            self._remember_finished(worker.uid)
         for key, uid in list(self.by_name.items()):
             if uid == worker.uid:
                 del self.by_name[key]
+
+    def _remember_finished(self, uid: str) -> None:
+        now = asyncio.get_running_loop().time()
+        # The DELETED event normally comes within a second; one lost with a broken watch is not
+        # waited for long (a relist forgets every uid it does not list).
+        for old, when in list(self._finished_uids.items()):
+            if now - when < FINISHED_MEMORY_SECONDS:
+                break
+            del self._finished_uids[old]
+        self._finished_uids[uid] = now
 
     def _poke(self, uid: str) -> None:
         worker = self.workers.get(uid)

@@ -1,11 +1,16 @@
-"""Kubernetes Events for what a user must see in `kubectl describe pod`, sent in the background."""
+"""Kubernetes Events for what a user must see in `kubectl describe pod`, sent in the background.
+
+Each Event is an API write. A node's ``events`` setting says which ``Normal`` ones are worth it:
+``all`` writes the kubelet's full set (``Created``, ``Started``, ``Killing``...), ``brief`` only what
+the worker marks as brief (one ``Started`` per pod), ``warnings`` none. Warnings always go out.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -17,12 +22,24 @@ log = structlog.get_logger("vkpy.events")
 class EventRecorder:
     """Best effort: an event that cannot be written is logged, never an error for the pod."""
 
-    def __init__(self, client: KubeClient, node_name: str) -> None:
+    def __init__(
+        self, client: KubeClient, node_name: str, level: Literal["all", "brief", "warnings"] = "brief"
+    ) -> None:
         self.client = client
         self.node_name = node_name
+        self.level = level
         self._pending: set[asyncio.Task[None]] = set()
 
-    def emit(self, pod: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+    def wants(self, kind: str, brief: bool = False) -> bool:
+        """Whether an event of ``kind`` is written at this node's level; ``brief`` marks the Normal
+        events that ``brief`` keeps."""
+        if kind != "Normal" or self.level == "all":
+            return True
+        return brief and self.level == "brief"
+
+    def emit(self, pod: Mapping[str, Any], kind: str, reason: str, message: str, brief: bool = False) -> None:
+        if not self.wants(kind, brief):
+            return
         task = asyncio.create_task(self._send(pod, kind, reason, message))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

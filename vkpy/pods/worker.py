@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import structlog
 
 from vkpy.errors import DeviceUnreachable, PodRejected
@@ -45,6 +46,20 @@ def _was_started(manifest: Mapping[str, Any]) -> bool:
     return False
 
 
+def _older(manifest: JSON, than: JSON | None) -> bool:
+    """Whether ``manifest`` is an older version of the pod ``than`` is.
+
+    resourceVersions are opaque by contract, but a pod's come from etcd's revision: decimal and
+    increasing. Anything else is never called older, so at worst a status write is repeated."""
+    if than is None:
+        return False
+    ours = than.get("metadata", {}).get("resourceVersion", "")
+    theirs = manifest.get("metadata", {}).get("resourceVersion", "")
+    if not (ours.isdecimal() and theirs.isdecimal()):
+        return False
+    return int(theirs) < int(ours)
+
+
 def _should_restart(policy: str, state: Terminated, init: bool = False) -> bool:
     if init:
         # A failed init container is retried unless the pod never restarts; a finished one is done.
@@ -73,6 +88,13 @@ class PodWorker:
         self.waiting_override: dict[str, Waiting] = {}
         self._seen_terminations: dict[str, Terminated] = {}
         self._announced_running: set[str] = set()
+        self._announced_pod_start = False
+        # Events that report what a status write shows go out after it: they would compete with it
+        # for the API connections and delay the pod's Running.
+        self._after_status: list[tuple[JSON, str, str, str, bool]] = []
+        # The inputs of the last status found written; the same inputs give the same status.
+        self._status_inputs: tuple[Any, ...] | None = None
+        self._digest: tuple[JSON, str] | None = None
         self._wake = asyncio.Event()
         # Why the worker woke: the device is asked only when it pushed news (poked), when the poll
         # interval or a backoff timer ran out (due), or on the first pass; the echo of our own
@@ -83,14 +105,22 @@ class PodWorker:
         self._create_attempts = 0
         self._task: asyncio.Task[None] | None = None
         self.log = log.bind(node=node.name, pod_uid=uid)
+        self._named = False
 
     # -- inputs ----------------------------------------------------------------------------------
     def update(self, manifest: JSON | None) -> None:
+        if manifest is not None and _older(manifest, self.latest):
+            # A watch event queued before the status write whose answer `latest` already holds:
+            # acting on it would repeat that write with a stale resourceVersion (a 409, a GET).
+            return
         self.latest = manifest
         if manifest is not None:
             self.last_known = manifest
-            meta = manifest.get("metadata", {})
-            self.log = log.bind(node=self.node.name, pod=f"{meta.get('namespace')}/{meta.get('name')}")
+            if not self._named:
+                # A pod's namespace and name never change: bound once, not on every event.
+                meta = manifest.get("metadata", {})
+                self.log = log.bind(node=self.node.name, pod=f"{meta.get('namespace')}/{meta.get('name')}")
+                self._named = True
         self._wake.set()
 
     def poke(self) -> None:
@@ -167,9 +197,15 @@ class PodWorker:
                 return self._poll_interval()
             if not await self._create(manifest):
                 return ERROR_BACKOFF.delay(self._create_attempts - 1)
-        elif self.created and self.spec_digest != mutable_spec_digest(manifest):
+        elif self.created and self.spec_digest != self._spec_digest(manifest):
             await self._update(manifest)
         return await self._sync_status(manifest)
+
+    def _spec_digest(self, manifest: JSON) -> str:
+        # Hashing the spec costs more than the rest of a poll: once per pod object, not per poll.
+        if self._digest is None or self._digest[0] is not manifest:
+            self._digest = (manifest, mutable_spec_digest(manifest))
+        return self._digest[1]
 
     def _poll_interval(self) -> float:
         interval = float(getattr(self.node.config, "status_interval", 10.0) or 10.0)
@@ -187,7 +223,7 @@ class PodWorker:
         if report is not None:
             self.created = True
             self.report = report
-            self.spec_digest = mutable_spec_digest(manifest)
+            self.spec_digest = self._spec_digest(manifest)
             self._restore_records(manifest)
             self.log.info("pod.adopted")
         elif (
@@ -273,7 +309,7 @@ class PodWorker:
         self.pod = pod
         self.created = True
         self.waiting_override.clear()
-        self.spec_digest = mutable_spec_digest(manifest)
+        self.spec_digest = self._spec_digest(manifest)
         self.events.emit(
             manifest,
             "Normal",
@@ -292,11 +328,19 @@ class PodWorker:
         pod = await self._resolve(manifest)
         await dispatch.call_first(self.pm, "update_pod", node=self.node, pod=pod)
         self.pod = pod
-        self.spec_digest = mutable_spec_digest(manifest)
+        self.spec_digest = self._spec_digest(manifest)
         self.log.info("pod.updated")
 
     # -- status ------------------------------------------------------------------------------------
     async def _sync_status(self, manifest: JSON) -> float:
+        try:
+            return await self._observe_and_write(manifest)
+        finally:
+            pending, self._after_status = self._after_status, []
+            for event in pending:
+                self.events.emit(*event)
+
+    async def _observe_and_write(self, manifest: JSON) -> float:
         delay = self._poll_interval()
         ask = self._poked or self._due or self.report is None
         self._poked = self._due = False
@@ -332,10 +376,17 @@ class PodWorker:
         next_check = float("inf")
         reported = [(n, s, True) for n, s in report.init_containers.items()]
         reported += [(n, s, False) for n, s in report.containers.items()]
+        # A container seen terminated without ever being seen running did start too.
+        started = [
+            n
+            for n, s, _ in reported
+            if n not in self._announced_running
+            and (
+                isinstance(s, Running) or (isinstance(s, Terminated) and self._seen_terminations.get(n) != s)
+            )
+        ]
+        self._announce_started(manifest, started)
         for name, state, init in reported:
-            if isinstance(state, Running) and name not in self._announced_running:
-                self._announced_running.add(name)
-                self.events.emit(manifest, "Normal", "Started", f"Started container {name}")
             if not isinstance(state, Terminated):
                 continue
             self._announced_running.discard(name)
@@ -388,7 +439,36 @@ class PodWorker:
             next_check = 0.2
         return next_check
 
+    def _announce_started(self, manifest: JSON, names: list[str]) -> None:
+        """``all``: the kubelet's ``Started`` for each container, at each (re)start. ``brief``: one
+        for the pod, when its containers first run."""
+        self._announced_running.update(names)
+        if not names:
+            return
+        if self.events.level == "all":
+            for name in names:
+                self._after_status.append((manifest, "Normal", "Started", f"Started container {name}", False))
+        elif not self._announced_pod_start:
+            self._announced_pod_start = True
+            which = f"container {names[0]}" if len(names) == 1 else f"containers {', '.join(names)}"
+            via = f"the device of node {self.node.name} via {self.node.config.transport}"
+            message = f"Started {which} on {via}"
+            self._after_status.append((manifest, "Normal", "Started", message, True))
+
+    def _inputs(self, manifest: JSON) -> tuple[Any, ...]:
+        # `manifest` by identity (a new object comes with every change), the rest by value.
+        records = tuple((name, attrs.astuple(record)) for name, record in self.records.items())
+        overrides = tuple(self.waiting_override.items())
+        return (manifest, self.report, records, overrides, self.failure, self.created, self.node.address)
+
     async def _write_status(self, manifest: JSON) -> None:
+        inputs = self._inputs(manifest)
+        if (
+            self._status_inputs is not None
+            and self._status_inputs[0] is manifest
+            and self._status_inputs[1:] == inputs[1:]
+        ):
+            return
         # After a restart, the device's next report replaces the transient "restarting" state.
         observation = Observation(
             manifest=manifest,
@@ -405,7 +485,9 @@ class PodWorker:
             if override.reason == "ContainerCreating" and override.message == "restarting":
                 del self.waiting_override[name]
         if not status_mod.status_changed(manifest.get("status", {}) or {}, desired):
+            self._status_inputs = inputs
             return
+        self._status_inputs = None
         meta = manifest["metadata"]
         path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
         body = {
