@@ -188,7 +188,10 @@ async def pod_batch(
                     {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"},
                 )
             else:
-                await client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods")
+                # One request that marks every pod: under load it outlasts the client's default 30 s.
+                await client.request(
+                    "DELETE", f"/api/v1/namespaces/{namespace}/pods", timeout=_timeout_for(count)
+                )
             if not await tracked.until(
                 lambda: len(times.deleted) >= count and not times.present, _timeout_for(count)
             ):

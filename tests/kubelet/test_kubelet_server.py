@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import AsyncIterator
 
 import aiohttp
+import attrs
 import pytest
 from kubelet_support import FakeBackend, StartServer, line, logs_url, make_pod, url
 from structlog.testing import capture_logs
 
-from vkpy import DeviceUnreachable, LogOptions, LogsNotAvailable
+from vkpy import DeviceUnreachable, LogLine, LogOptions, LogsNotAvailable
 from vkpy.kubelet import KubeletServer
+from vkpy.kubelet.logformat import render_line
 
 UTC = datetime.UTC
 
@@ -349,3 +352,161 @@ async def test_requests_are_logged(server: KubeletServer, client: aiohttp.Client
     assert entry["remote"] == "127.0.0.1"
     assert 0 <= entry["duration"] < 10
     assert entry["log_level"] == "info"
+
+
+# --- lines gathered into chunks ----------------------------------------------------------------
+
+
+@attrs.define
+class BurstBackend(FakeBackend):
+    """Yields ``count`` numbered lines, giving the event loop a turn (as a file read does) after every
+    ``burst`` of them, then follows like FakeBackend."""
+
+    count: int = 5000
+    burst: int | None = None
+
+    async def _generate(self, options: LogOptions) -> AsyncIterator[LogLine]:
+        try:
+            for index in range(self.count):
+                if self.burst is not None and index and index % self.burst == 0:
+                    await asyncio.sleep(0)
+                yield numbered(index)
+            if self.fail is not None:
+                raise self.fail
+            if options.follow:
+                await self.gate.wait()
+                for item in self.late_lines:
+                    yield item
+                await asyncio.Event().wait()
+        finally:
+            self.closed.set()
+
+
+def numbered(index: int) -> LogLine:
+    # 100 bytes each, the stream alternating, the time a microsecond apart.
+    text = f"line {index:07d} ".ljust(99, "x") + "\n"
+    return line(text, index / 1e6, "stderr" if index % 2 else "stdout")
+
+
+def expected(count: int, stream: str | None = None, timestamps: bool = False) -> bytes:
+    return b"".join(
+        render_line(numbered(index), timestamps)
+        for index in range(count)
+        if stream is None or numbered(index).stream == stream
+    )
+
+
+async def read_chunks(response: aiohttp.ClientResponse) -> list[bytes]:
+    """The body as the HTTP chunks the server wrote."""
+    chunks, current = [], b""
+    async for data, end_of_chunk in response.content.iter_chunks():
+        current += data
+        if end_of_chunk and current:
+            chunks.append(current)
+            current = b""
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+async def test_lines_ready_together_go_out_in_one_chunk(
+    server: KubeletServer, backend: FakeBackend, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(logs_url(server)) as response:
+        assert await read_chunks(response) == [b"hello\nworld\n"]
+
+
+async def test_many_lines_arrive_complete_in_order_in_big_chunks(
+    start_server: StartServer, client: aiohttp.ClientSession
+) -> None:
+    backend = BurstBackend(count=5000)
+    server = await start_server(backend)
+    async with client.get(logs_url(server)) as response:
+        chunks = await read_chunks(response)
+    assert b"".join(chunks) == expected(5000)
+    # 500 kB ready at once: chunks of 64 KiB (give or take the line that fills one), not 5000.
+    assert len(chunks) == 8
+    assert all(64 * 1024 <= len(chunk) < 64 * 1024 + 100 for chunk in chunks[:-1])
+    async with client.get(url(server, "/metrics")) as metrics:
+        assert "vkpy_kubelet_log_bytes_total 500000\n" in await metrics.text()
+
+
+async def test_a_source_that_waits_flushes_what_it_gave(
+    start_server: StartServer, client: aiohttp.ClientSession
+) -> None:
+    backend = BurstBackend(count=1000, burst=7)
+    server = await start_server(backend)
+    async with client.get(logs_url(server, "timestamps=true")) as response:
+        chunks = await read_chunks(response)
+    assert b"".join(chunks) == expected(1000, timestamps=True)
+    # Each wait of the source sends what it gave so far (or with what it gives at once after the
+    # wait): chunks end where the source waited, never in the middle of a burst.
+    assert len(chunks) >= 1000 // 14
+    assert all(chunk.count(b"\n") % 7 == 0 for chunk in chunks[:-1])
+
+
+async def test_follow_delivers_a_lone_line_while_the_source_waits(
+    start_server: StartServer, client: aiohttp.ClientSession
+) -> None:
+    backend = BurstBackend(count=3)
+    server = await start_server(backend, first_line_grace=0.05)
+    async with client.get(logs_url(server, "follow=true")) as response:
+        assert await asyncio.wait_for(response.content.readexactly(300), 5) == expected(3)
+        backend.late_lines = [line("one more\n")]
+        backend.gate.set()
+        # The source now waits forever: the line must not wait for a full chunk or the end.
+        assert await asyncio.wait_for(response.content.readline(), 5) == b"one more\n"
+        assert not backend.closed.is_set()
+    await asyncio.wait_for(backend.closed.wait(), 5)
+
+
+@pytest.mark.parametrize("limit", [1, 99, 100, 65535, 65536, 65537, 123457, 499999])
+async def test_limit_bytes_is_exact_across_chunks(
+    start_server: StartServer, client: aiohttp.ClientSession, limit: int
+) -> None:
+    backend = BurstBackend(count=5000, burst=333)
+    server = await start_server(backend)
+    async with client.get(logs_url(server, f"limitBytes={limit}")) as response:
+        assert await response.read() == expected(5000)[:limit]
+    async with client.get(logs_url(server, f"limitBytes={limit}&timestamps=true&follow=true")) as response:
+        assert await asyncio.wait_for(response.read(), 5) == expected(5000, timestamps=True)[:limit]
+    await asyncio.wait_for(backend.closed.wait(), 5)
+    async with client.get(url(server, "/metrics")) as metrics:
+        assert f"vkpy_kubelet_log_bytes_total {2 * limit}\n" in await metrics.text()
+
+
+async def test_stream_filter_with_many_lines(
+    start_server: StartServer, client: aiohttp.ClientSession
+) -> None:
+    backend = BurstBackend(count=3000, burst=500)
+    server = await start_server(backend)
+    async with client.get(logs_url(server, "stream=Stderr")) as response:
+        assert await response.read() == expected(3000, stream="stderr")
+    async with client.get(logs_url(server, "stream=Stdout&limitBytes=100050")) as response:
+        assert await response.read() == expected(3000, stream="stdout")[:100050]
+
+
+async def test_a_client_gone_mid_stream_closes_the_source(
+    start_server: StartServer, client: aiohttp.ClientSession
+) -> None:
+    backend = BurstBackend(count=20000, burst=100)
+    server = await start_server(backend)
+    response = await client.get(logs_url(server, "follow=true"))
+    assert await asyncio.wait_for(response.content.readexactly(1000), 5) == expected(10)
+    response.close()
+    await asyncio.wait_for(backend.closed.wait(), 5)
+    async with client.get(url(server, "/metrics")) as metrics:
+        assert "vkpy_kubelet_log_streams 0\n" in await metrics.text()
+
+
+async def test_a_failure_after_many_lines_sends_them_first(
+    start_server: StartServer, client: aiohttp.ClientSession
+) -> None:
+    backend = BurstBackend(count=2000)
+    backend.fail = DeviceUnreachable("link lost")
+    server = await start_server(backend)
+    with capture_logs() as logs:
+        async with client.get(logs_url(server)) as response:
+            assert response.status == 200
+            assert await response.read() == expected(2000)
+    assert [entry["error"] for entry in logs if entry["event"] == "kubelet.logs_failed"] == ["link lost"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+import vkpy.logs as vkpy_logs
 from vkpy import LogLine, LogOptions, LogsNotAvailable
 from vkpy.logs import (
     apply_limit_bytes,
@@ -109,6 +111,76 @@ def test_parse_nanoseconds_and_offsets() -> None:
 )
 def test_parse_malformed_returns_none(raw: bytes) -> None:
     assert parse_cri_line(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        # The fixed-width form vkpy and containerd write (the fast path) ...
+        (b"2026-11-28T08:00:00.123456789Z", datetime.datetime(2026, 11, 28, 8, 0, 0, 123456, tzinfo=UTC)),
+        (b"2024-02-29T23:59:59.999999999Z", datetime.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)),
+        (b"0001-01-01T00:00:00.000000000Z", datetime.datetime(1, 1, 1, tzinfo=UTC)),
+        (b"2026-02-29T08:00:00.000000000Z", None),
+        (b"2026-11-28T24:00:00.000000000Z", None),
+        (b"2026-11-28T23:59:60.000000000Z", None),
+        (b"0000-11-28T08:00:00.000000000Z", None),
+        # ... and what only the general parse takes.
+        (b"2026-11-28t08:00:00.123456789z", datetime.datetime(2026, 11, 28, 8, 0, 0, 123456, tzinfo=UTC)),
+        (b"2026-11-28T08:00:00.12Z", datetime.datetime(2026, 11, 28, 8, 0, 0, 120000, tzinfo=UTC)),
+        (b"2026-11-28T08:00:00Z", datetime.datetime(2026, 11, 28, 8, 0, 0, tzinfo=UTC)),
+        (
+            b"2026-11-28T08:00:00.123456789-01:30",
+            datetime.datetime(2026, 11, 28, 9, 30, 0, 123456, tzinfo=UTC),
+        ),
+        (b"2026-W48-6T08:00:00.123456789Z", None),
+        (b"2026-11-28T08:00:00,123456789Z", None),
+        (b"2026-11-28 08:00:00.123456789Z", None),
+        (b"2026-11-28T08:00:00.123456789+00:00Z", None),
+        ("2026-11-28T08:00:00.12345678\u0669Z".encode(), None),
+    ],
+)
+def test_parse_timestamps(stamp: bytes, expected: datetime.datetime | None) -> None:
+    line = parse_cri_line(stamp + b" stdout F x\n")
+    if expected is None:
+        assert line is None
+    else:
+        assert line is not None
+        assert line.time == expected
+        assert line.time.tzinfo is UTC
+
+
+def test_parse_fast_path_agrees_with_the_general_parse() -> None:
+    # The fixed-width form is read by a faster route: it must accept, refuse and compute exactly what
+    # the general one does, also for near misses of that form.
+    rng = random.Random(7)
+    base = b"2026-11-28T08:00:00.123456789Z"
+    alphabet = b"0123456789-T:.Zzt +,W\xff"
+    stamps = [base]
+    for _ in range(20000):
+        mutated = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            mutated[rng.randrange(len(mutated))] = rng.choice(alphabet)
+        stamps.append(bytes(mutated))
+    for stamp in stamps:
+        fast = vkpy_logs._parse_timestamp(stamp)
+        general = vkpy_logs._parse_timestamp_general(stamp)
+        assert fast == general, stamp
+        assert fast is None or general is None or fast.tzinfo is general.tzinfo
+
+
+def test_parse_records_sharing_or_alternating_stamps() -> None:
+    # The last stamp parsed is remembered: records of one output read share theirs.
+    records = [
+        b"2026-11-28T08:00:00.000000001Z stdout F a\n",
+        b"2026-11-28T08:00:00.000000001Z stderr F b\n",
+        b"2026-11-28T08:00:01.000000001Z stdout F c\n",
+        b"2026-11-28T08:00:00.000000001Z stdout F d\n",
+        b"2026-13-28T08:00:00.000000001Z stdout F e\n",
+        b"2026-13-28T08:00:00.000000001Z stdout F f\n",
+        b"2026-11-28T08:00:00.000000001Z stdout F g\n",
+    ]
+    times = [None if (line := parse_cri_line(raw)) is None else line.time.second for raw in records]
+    assert times == [0, 0, 1, 0, None, None, 0]
 
 
 def test_format_log_line_like_the_kubelet() -> None:

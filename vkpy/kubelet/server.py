@@ -53,6 +53,9 @@ _BACKEND_ERRORS: Final[Mapping[type[Exception], int]] = {LogsNotAvailable: 400, 
 # On stop, a follow stream would otherwise hold the shutdown for aiohttp's default 60 s.
 _SHUTDOWN_GRACE: Final = 2.0
 _CLOSE_TIMEOUT: Final = 5.0
+# A log chunk stops growing past this: big enough that the per-write cost is lost in the copying,
+# small enough that a reader sees steady progress and the memory per stream stays small.
+_CHUNK_BYTES: Final = 64 * 1024
 
 _PEER: Final = web.RequestKey("vkpy_kubelet_peer", str)
 _STREAM: Final = web.RequestKey("vkpy_kubelet_stream", web.StreamResponse)
@@ -183,6 +186,82 @@ async def _close(lines: AsyncIterator[LogLine]) -> None:
     except Exception as exc:
         # The stream is over for the caller either way; a backend that cannot let go is worth a note.
         log.warning("kubelet.logs_close_failed", error=str(exc) or type(exc).__name__)
+
+
+@attrs.define(eq=False)
+class _Batch:
+    """Gathers the lines of a log stream into HTTP chunks of up to about ``_CHUNK_BYTES``: a chunk
+    costs a transport write and a TLS record, which line by line took most of the CPU.
+
+    A chunk goes out when it is full, or as soon as the source has nothing more ready: lines that
+    the source yields without waiting come one after the other while the handler's task keeps the
+    event loop, and once it has to wait (a file read, a follow poll, the network) the loop runs the
+    callback queued with the first gathered line, which writes the chunk from a task of its own. So
+    ``kubectl logs -f`` still shows a lone line at once, while the iteration itself stays in the
+    handler's task (see ``_stream_logs``). One write runs at a time, in order."""
+
+    response: web.StreamResponse
+    metrics: KubeletMetrics
+    _parts: list[bytes] = attrs.field(init=False, factory=list)
+    _size: int = attrs.field(init=False, default=0)
+    _soon: asyncio.Handle | None = attrs.field(init=False, default=None)
+    _writer: asyncio.Task[None] | None = attrs.field(init=False, default=None)
+    _failure: Exception | None = attrs.field(init=False, default=None)
+
+    async def add(self, chunk: bytes) -> None:
+        """Gather ``chunk``. Raises :class:`_ClientGone` (or what else a write raised) once a
+        write failed, so that the handler stops reading as it did when it wrote each line itself."""
+        if self._failure is not None:
+            raise self._failure
+        self._parts.append(chunk)
+        self._size += len(chunk)
+        if self._size >= _CHUNK_BYTES:
+            await self.flush()
+        elif self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._write_soon)
+
+    async def flush(self) -> None:
+        """Write everything gathered, after the write under way if any."""
+        self._cancel_soon()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        if self._failure is not None:
+            raise self._failure
+        if self._parts:
+            await self._send()
+
+    def discard(self) -> None:
+        """The stream is over: nothing more goes out from here."""
+        self._cancel_soon()
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+
+    def _cancel_soon(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
+
+    def _write_soon(self) -> None:
+        self._soon = None
+        # A write under way takes what was gathered meanwhile when it is done; after a failure the
+        # handler learns of it at its next line.
+        if self._failure is None and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.ensure_future(self._write_gathered())
+
+    async def _write_gathered(self) -> None:
+        try:
+            while self._parts:
+                await self._send()
+        except Exception as exc:
+            # Kept for the handler's task, which ends the stream as it would have on its own write.
+            self._failure = exc
+
+    async def _send(self) -> None:
+        parts, self._parts, self._size = self._parts, [], 0
+        chunk = parts[0] if len(parts) == 1 else b"".join(parts)
+        await _write(self.response, chunk)
+        self.metrics.log_bytes += len(chunk)
 
 
 @attrs.define(eq=False)
@@ -475,16 +554,24 @@ class KubeletServer:
         only: str | None,
     ) -> None:
         budget = ByteBudget(options.limit_bytes)
-        while line is not None:
-            if only is None or line.stream == only:
-                chunk = budget.take(render_line(line, options.timestamps))
-                if chunk:
-                    # Each line goes out as its own chunk, at once: `kubectl logs -f` shows it live.
-                    await _write(response, chunk)
-                    self._metrics.log_bytes += len(chunk)
-                if budget.exhausted:
-                    return
-            line = await anext(lines, None)
+        batch = _Batch(response, self._metrics)
+        try:
+            while line is not None:
+                if only is None or line.stream == only:
+                    chunk = budget.take(render_line(line, options.timestamps))
+                    if chunk:
+                        await batch.add(chunk)
+                    if budget.exhausted:
+                        break
+                try:
+                    line = await anext(lines, None)
+                except Exception:
+                    # The lines read before the failure still reach the caller, then the stream ends.
+                    await batch.flush()
+                    raise
+            await batch.flush()
+        finally:
+            batch.discard()
 
     @staticmethod
     def _log_failure(pod: Pod, container: str, exc: Exception) -> None:

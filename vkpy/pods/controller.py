@@ -47,7 +47,7 @@ class PodController:
         # Pods whose final delete is done, until their DELETED event: an event still queued for
         # one must not start a new worker that asks the device and deletes again. In insertion
         # (= finishing) order, so the oldest are forgotten first.
-        self._finished_uids: dict[str, float] = {}
+        self._finished_uids: dict[str, tuple[float, str]] = {}
         self._background_tasks: set[asyncio.Task[None]] = set()
         for node in self.nodes.values():
             node.add_status_listener(self._poke)
@@ -115,9 +115,9 @@ class PodController:
             if node_name in names:
                 present[node_name].add(obj["metadata"]["uid"])
                 self._dispatch(obj["metadata"]["uid"], node_name, obj)
-        listed = set().union(*present.values())
-        for uid in [u for u in self._finished_uids if u not in listed]:
-            del self._finished_uids[uid]
+        for uid, (_, node_name) in list(self._finished_uids.items()):
+            if node_name in names and uid not in present[node_name]:
+                del self._finished_uids[uid]
         # Deleted while the watch was down: the worker lets the device go of it.
         for uid, worker in list(self.workers.items()):
             if worker.node.name in names and uid not in present[worker.node.name]:
@@ -192,20 +192,21 @@ class PodController:
             del self.workers[worker.uid]
         if worker.latest is not None:
             # Gone from the API already when `latest` is None: no DELETED event is to come.
-            self._remember_finished(worker.uid)
+            self._remember_finished(worker.uid, worker.node.name)
         for key, uid in list(self.by_name.items()):
             if uid == worker.uid:
                 del self.by_name[key]
 
-    def _remember_finished(self, uid: str) -> None:
+    def _remember_finished(self, uid: str, node_name: str) -> None:
         now = asyncio.get_running_loop().time()
         # The DELETED event normally comes within a second; one lost with a broken watch is not
         # waited for long (a relist forgets every uid it does not list).
-        for old, when in list(self._finished_uids.items()):
+        while self._finished_uids:
+            oldest, (when, _) = next(iter(self._finished_uids.items()))
             if now - when < FINISHED_MEMORY_SECONDS:
                 break
-            del self._finished_uids[old]
-        self._finished_uids[uid] = now
+            del self._finished_uids[oldest]
+        self._finished_uids[uid] = (now, node_name)
 
     def _poke(self, uid: str) -> None:
         worker = self.workers.get(uid)

@@ -18,6 +18,10 @@ from vkpy.kube import KubeClient, now, rfc3339
 
 log = structlog.get_logger("vkpy.events")
 
+# Events are for people reading `kubectl describe`: a few in flight per node is plenty, and more
+# would take API connections from the status writes that pods are waiting on.
+EVENTS_IN_FLIGHT = 4
+
 
 class EventRecorder:
     """Best effort: an event that cannot be written is logged, never an error for the pod."""
@@ -29,6 +33,7 @@ class EventRecorder:
         self.node_name = node_name
         self.level = level
         self._pending: set[asyncio.Task[None]] = set()
+        self._in_flight = asyncio.Semaphore(EVENTS_IN_FLIGHT)
 
     def wants(self, kind: str, brief: bool = False) -> bool:
         """Whether an event of ``kind`` is written at this node's level; ``brief`` marks the Normal
@@ -74,7 +79,8 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            await self.client.create(f"/api/v1/namespaces/{namespace}/events", body)
+            async with self._in_flight:
+                await self.client.create(f"/api/v1/namespaces/{namespace}/events", body)
         except Exception as exc:
             log.warning("event.write_failed", node=self.node_name, reason=reason, error=str(exc))
 
