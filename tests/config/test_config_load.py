@@ -283,8 +283,8 @@ def test_unknown_keys_suggest_the_closest(tmp_path: Path) -> None:
         "kubelett: unknown key; did you mean 'kubelet'?",
         "log.levle: unknown key; did you mean 'level'?",
         "nodes[0].capcity: unknown key; did you mean 'capacity'?",
-        "nodes[0].zzz: unknown key\n    hint: valid keys here: allocatable, arch, capacity, events, kubeconfig, "
-        "labels, name, os, plugins, restart_backoff, status_interval, taints, transport; "
+        "nodes[0].zzz: unknown key\n    hint: valid keys here: allocatable, arch, capacity, events, "
+        "kubeconfig, labels, name, os, plugins, restart_backoff, status_interval, taints, transport; "
         "the transport's options go under 'ssh:'",
     ]
 

@@ -15,8 +15,8 @@ import pytest
 from local_helpers import Local, clean_up, eventually, make_pod, new_transport, sh
 
 from vkpy import LogOptions, LogsNotAvailable, Pod, Running, Terminated, Waiting
-from vkpy.plugins.local import LOST_EXIT_CODE, LOST_REASON
-from vkpy.plugins.local_supervisor import ContainerFiles, write_json_atomic
+from vkpy.plugins.local import LOST_EXIT_CODE, LOST_REASON, ContainerFiles
+from vkpy.plugins.local_supervisor import write_json_atomic
 
 
 async def logs_of(local: Local, pod: Pod, container: str, **options: object) -> bytes:
@@ -81,7 +81,9 @@ async def test_delete_kills_a_process_ignoring_term_after_the_grace_period(local
 async def test_the_supervisor_stops_its_container_as_the_kubelet(tmp_path: Path) -> None:
     """The supervisor alone: TERM to the group, KILL after the grace period, exit recorded."""
     files = ContainerFiles(tmp_path, "main")
-    write_json_atomic(files.spec, {"argv": ["sh", "-c", "trap '' TERM; echo up; sleep 60"], "env": {}})
+    write_json_atomic(
+        files.spec, {"argv": ["sh", "-c", "trap '' TERM; echo up; sleep 60"], "env": {}}, durable=False
+    )
     files.grace.write_text("1\n")
     supervisor = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "vkpy.plugins.local_supervisor", str(tmp_path), "main"

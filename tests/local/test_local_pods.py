@@ -63,7 +63,8 @@ async def test_a_pod_runs_to_its_exit_and_the_end_is_pushed(local: Local) -> Non
     # stdout and stderr are separate pipes: their relative order is not defined.
     assert sorted((r.stream, r.data) for r in records if r) == [("stderr", b"err\n"), ("stdout", b"hi\n")]
     assert len(records) == 2
-    assert await logs_of(local, pod, "main") == b"hi\nerr\n"
+    logs = await logs_of(local, pod, "main")
+    assert sorted(logs.splitlines(keepends=True)) == [b"err\n", b"hi\n"]
 
 
 async def test_create_pod_is_idempotent(local: Local) -> None:

@@ -12,16 +12,25 @@ vkpy finds its pods again (``<state dir>/<pod uid>/``)::
     <container>.exit         how it ended (JSON), written by the supervisor
     deleting                 the pod is being deleted (holds the grace period)
 
-Each container runs under ``python -m vkpy.plugins.local_supervisor`` in its own session, so
-containers keep running across a vkpy restart. The transport watches each supervisor with a pidfd
+Each container runs under the supervisor in ``vkpy/plugins/local_supervisor.py``, in its own session,
+so containers keep running across a vkpy restart. The transport watches each supervisor with a pidfd
 and pushes ``node.report_status`` when one ends, so the core never has to poll.
+
+Crash safety: a pod folder is built under a hidden name, flushed to the disk and renamed into
+place, so that even after a power loss it is complete or absent. The files written later describe
+live processes, which a power loss ends anyway: they are replaced atomically but not flushed, except
+the exit record (see ``write_file_atomic``'s callers). File work and supervisor starts run in the
+transport's own small thread pool, never in the event loop's default executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
+import functools
+import json
 import os
 import pwd
 import re
@@ -29,14 +38,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
-import vkpy
 from vkpy import (
     Container,
     ContainerState,
@@ -56,12 +63,24 @@ from vkpy import (
 )
 from vkpy.logs import read_log_file
 from vkpy.plugins.local_supervisor import (
-    ContainerFiles,
-    ProcessId,
+    EXIT_SUFFIX,
+    GRACE_SUFFIX,
+    LOG_SUFFIX,
+    PID_SUFFIX,
+    PREVIOUS_LOG_SUFFIX,
+    SPEC_SUFFIX,
+    SUPERVISOR_COMMAND,
+    SUPERVISOR_SUFFIX,
+    fsync_path,
     read_json,
     write_file_atomic,
     write_json_atomic,
 )
+from vkpy.plugins.local_supervisor import boot_id as current_boot_id
+from vkpy.plugins.local_supervisor import start_ticks as process_start_ticks
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 DEFAULT_MAX_PODS = 110
 POD_FILE = "pod.json"
@@ -73,6 +92,9 @@ LOST_REASON = "ContainerStatusUnknown"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _KILL_MARGIN_SECONDS = 5.0  # beyond the grace period, before vkpy kills a supervisor itself
+# The transport's own threads: its file work waits on the disk and the kernel rather than the CPU,
+# and a few in flight let a burst's fsyncs share journal commits.
+_THREADS = 4
 _POLL_SECONDS = 2.0  # only where pidfds are missing
 _UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -103,6 +125,89 @@ def volume_env_name(volume_name: str) -> str:
 @hookimpl
 def register_transports(register: Callable[[str, type[Any]], None]) -> None:
     register("local", LocalTransport)
+
+
+# --- A container's files and processes -------------------------------------------------------------
+
+
+@attrs.frozen
+class ContainerFiles:
+    """Where one container's files live in its pod folder (the names are local_supervisor's)."""
+
+    pod_dir: Path
+    name: str
+
+    def _file(self, suffix: str) -> Path:
+        return self.pod_dir / f"{self.name}{suffix}"
+
+    @property
+    def spec(self) -> Path:
+        return self._file(SPEC_SUFFIX)
+
+    @property
+    def log(self) -> Path:
+        return self._file(LOG_SUFFIX)
+
+    @property
+    def previous_log(self) -> Path:
+        return self._file(PREVIOUS_LOG_SUFFIX)
+
+    @property
+    def supervisor(self) -> Path:
+        return self._file(SUPERVISOR_SUFFIX)
+
+    @property
+    def pid(self) -> Path:
+        return self._file(PID_SUFFIX)
+
+    @property
+    def exit(self) -> Path:
+        return self._file(EXIT_SUFFIX)
+
+    @property
+    def grace(self) -> Path:
+        return self._file(GRACE_SUFFIX)
+
+
+@functools.cache
+def _has_procfs() -> bool:
+    return os.path.exists("/proc/self/stat")
+
+
+@attrs.frozen
+class ProcessId:
+    """A process, identified so that a recycled pid (or a reboot) is not mistaken for it."""
+
+    pid: int
+    start_ticks: int | None = None
+    boot_id: str | None = None
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessId:
+        return cls(pid=pid, start_ticks=process_start_ticks(pid), boot_id=current_boot_id())
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> ProcessId | None:
+        if value is None or not isinstance(value.get("pid"), int):
+            return None
+        return cls(pid=value["pid"], start_ticks=value.get("start_ticks"), boot_id=value.get("boot_id"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.pid, "start_ticks": self.start_ticks, "boot_id": self.boot_id}
+
+    def alive(self) -> bool:
+        if not _has_procfs():  # trust the pid alone
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+        if self.boot_id is not None and self.boot_id != current_boot_id():
+            return False
+        ticks = process_start_ticks(self.pid)
+        return ticks is not None and (self.start_ticks is None or ticks == self.start_ticks)
 
 
 # --- Reading a container's state from its files ---------------------------------------------------
@@ -209,7 +314,40 @@ def _file_mode(secret: bool, requested: int) -> int:
     return (0o600 if secret else 0o644) | executable
 
 
+def _create_file(path: Path, data: bytes, mode: int | None = None) -> None:
+    """A new file of a pod folder being built. Nobody reads that folder before it is complete, so
+    no temporary name is needed; _sync_tree flushes it later, with the rest."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _json_bytes(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True).encode() + b"\n"
+
+
+def _sync_tree(root: Path) -> None:
+    """Flush every file of a folder about to be published, then every folder (their entries), so
+    that the rename which publishes it cannot reach the disk before its content."""
+    folders = []
+    for folder, _, names in os.walk(root):
+        folders.append(folder)
+        for name in names:
+            fsync_path(os.path.join(folder, name))
+    for folder in reversed(folders):
+        fsync_path(folder)
+
+
 def _write_volumes(pod_dir: Path, pod: Pod) -> None:
+    if not pod.volumes:
+        return  # no folder to create, nor to flush
     root = pod_dir / VOLUMES_DIR
     root.mkdir(mode=0o700)
     for volume in pod.volumes:
@@ -218,20 +356,19 @@ def _write_volumes(pod_dir: Path, pod: Pod) -> None:
         for file in volume.files:
             target = folder / _volume_file_path(volume.name, file.path)
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(target, flags, 0o600)
-            try:
-                os.fchmod(fd, _file_mode(volume.secret, file.mode))
-                os.write(fd, file.content)
-            finally:
-                os.close(fd)
+            _create_file(target, file.content, _file_mode(volume.secret, file.mode))
+
+
+@functools.cache  # reads the user database (NSS): once, not for every container
+def _home() -> str:
+    return pwd.getpwuid(os.getuid()).pw_dir
 
 
 def _container_env(pod: Pod, container: Container, final_dir: Path) -> dict[str, str]:
     # A fresh environment: vkpy's own (KUBECONFIG, credentials...) never reaches a container.
     env = {
         "PATH": BASE_PATH,
-        "HOME": pwd.getpwuid(os.getuid()).pw_dir,
+        "HOME": _home(),
         "LANG": "C.UTF-8",
         "HOSTNAME": pod.name,
     }
@@ -243,12 +380,17 @@ def _container_env(pod: Pod, container: Container, final_dir: Path) -> dict[str,
 
 
 def _write_pod(state_dir: Path, pod: Pod, max_pods: int) -> bool:
-    """Lay out a new pod folder; False when it already exists. The folder is built aside and
-    renamed into place, so a pod is either complete on disk or absent."""
+    """Lay out a new pod folder; False when it already exists.
+
+    The folder is built under a hidden name, flushed to the disk (every file, then every folder)
+    and only then renamed into place, so that even after a power loss a pod folder is complete or
+    absent; a building folder left over is removed at start. The rename itself is not flushed: a
+    pod lost with it is absent, which the core handles (it creates the pod again, or reports it
+    lost if it had started)."""
     final_dir = state_dir / pod.uid
     if final_dir.exists():
         return False
-    count = len(_pod_uids(state_dir))
+    count = _pod_count(state_dir)
     if count >= max_pods:
         raise PodRejected(f"the node already holds {count} pods (max_pods {max_pods})", reason="OutOfpods")
     building = state_dir / f".creating-{pod.uid}-{secrets.token_hex(4)}"
@@ -262,15 +404,16 @@ def _write_pod(state_dir: Path, pod: Pod, max_pods: int) -> bool:
             "containers": [c.name for c in pod.containers],
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
         }
-        write_json_atomic(building / POD_FILE, meta)
+        _create_file(building / POD_FILE, _json_bytes(meta))
         for container in (*pod.init_containers, *pod.containers):
             spec = {
                 "argv": list(container.argv),
                 "env": _container_env(pod, container, final_dir),
                 "working_dir": container.working_dir or str(final_dir),
             }
-            write_json_atomic(ContainerFiles(building, container.name).spec, spec)
+            _create_file(ContainerFiles(building, container.name).spec, _json_bytes(spec))
         _write_volumes(building, pod)
+        _sync_tree(building)
         building.rename(final_dir)
     except BaseException as exc:
         shutil.rmtree(building, ignore_errors=True)
@@ -278,6 +421,16 @@ def _write_pod(state_dir: Path, pod: Pod, max_pods: int) -> bool:
             return False
         raise
     return True
+
+
+def _pod_count(state_dir: Path) -> int:
+    """The pods held, for max_pods: counted from the folder's entries alone (no stat each), as
+    this runs for every pod created. Published pod folders are complete, so each holds a pod."""
+    try:
+        with os.scandir(state_dir) as entries:
+            return sum(1 for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return 0
 
 
 def _pod_uids(state_dir: Path) -> list[str]:
@@ -288,13 +441,6 @@ def _pod_uids(state_dir: Path) -> list[str]:
     return sorted(e.name for e in entries if not e.name.startswith(".") and (e / POD_FILE).is_file())
 
 
-def _supervisor_env() -> dict[str, str]:
-    # The supervisor must import the very vkpy running now, even from a source tree.
-    here = str(Path(vkpy.__file__).resolve().parent.parent)
-    python_path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
-    return {"LANG": "C.UTF-8", "PYTHONPATH": python_path}
-
-
 def _spawn_supervisor(files: ContainerFiles) -> tuple[subprocess.Popen[bytes], ProcessId, int]:
     """Start a container's supervisor; also returns a pipe that becomes readable once it runs."""
     errors = os.open(
@@ -303,12 +449,9 @@ def _spawn_supervisor(files: ContainerFiles) -> tuple[subprocess.Popen[bytes], P
     ready_read, ready_write = os.pipe()
     try:
         process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "vkpy.plugins.local_supervisor"),
-                *(str(files.pod_dir), files.name, f"--ready-fd={ready_write}"),
-            ],
+            [*SUPERVISOR_COMMAND, str(files.pod_dir), files.name, f"--ready-fd={ready_write}"],
             cwd=files.pod_dir,
-            env=_supervisor_env(),
+            env={"LANG": "C.UTF-8"},  # the supervisor imports the standard library only
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=errors,
@@ -322,7 +465,10 @@ def _spawn_supervisor(files: ContainerFiles) -> tuple[subprocess.Popen[bytes], P
         os.close(errors)
         os.close(ready_write)
     identity = ProcessId.of(process.pid)
-    write_json_atomic(files.supervisor, identity.to_json())
+    # Not durable: a power loss ends the supervisor anyway, and a record lost with it only makes
+    # the container look never started. (Flushing the file alone, as before, did not prevent
+    # that either: its folder entry was not flushed.)
+    write_json_atomic(files.supervisor, identity.to_json(), durable=False)
     return process, identity, ready_read
 
 
@@ -359,6 +505,7 @@ class LocalTransport(Transport):
         self._locks: dict[str, asyncio.Lock] = {}
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._deletions: dict[str, asyncio.Task[None]] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # Paths and bookkeeping
 
@@ -369,6 +516,15 @@ class LocalTransport(Transport):
     def _files(self, uid: str, container: str) -> ContainerFiles:
         _check_name("container", container, _DNS_LABEL)
         return ContainerFiles(self.pod_dir(uid), container)
+
+    async def _in_thread(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run blocking file or process work in the transport's own threads. The loop's default
+        executor is shared with the rest of vkpy: a burst's fsyncs and spawns must not queue in
+        front of other work there, nor behind it."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="vkpy-local")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(work, *args, **kwargs))
 
     def _lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
@@ -389,8 +545,8 @@ class LocalTransport(Transport):
 
     @hookimpl
     async def node_start(self, node: NodeHandle) -> None:
-        await asyncio.to_thread(self._prepare_state_dir)
-        for uid in await asyncio.to_thread(_pod_uids, self.state_dir):
+        await self._in_thread(self._prepare_state_dir)
+        for uid in await self._in_thread(_pod_uids, self.state_dir):
             await self._adopt(uid)
 
     def _prepare_state_dir(self) -> None:
@@ -410,10 +566,15 @@ class LocalTransport(Transport):
         for watch in list(self._watches.values()):
             self._unwatch(watch)
         self._watches.clear()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Work already running is waited for: nothing touches the state folder once the node
+            # has stopped. Queued work is dropped (its callers were cancelled above).
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     @hookimpl
     async def node_capacity(self, node: NodeHandle) -> Mapping[str, str]:
-        memory = await asyncio.to_thread(_memory_kib)
+        memory = await self._in_thread(_memory_kib)
         capacity = {"cpu": str(os.cpu_count() or 1), "pods": str(self.options.max_pods or DEFAULT_MAX_PODS)}
         if memory is not None:
             capacity["memory"] = f"{memory}Ki"
@@ -421,7 +582,7 @@ class LocalTransport(Transport):
 
     @hookimpl
     async def node_health(self, node: NodeHandle) -> DeviceHealth:
-        if await asyncio.to_thread(_writable_dir, self.state_dir):
+        if await self._in_thread(_writable_dir, self.state_dir):
             return DeviceHealth(reachable=True)
         return DeviceHealth(
             reachable=False,
@@ -431,7 +592,7 @@ class LocalTransport(Transport):
 
     @hookimpl
     async def list_pods(self, node: NodeHandle) -> Collection[str]:
-        return await asyncio.to_thread(_pod_uids, self.state_dir)
+        return await self._in_thread(_pod_uids, self.state_dir)
 
     # Pod hooks
 
@@ -440,7 +601,7 @@ class LocalTransport(Transport):
         _validate(pod)
         max_pods = self.options.max_pods or DEFAULT_MAX_PODS
         async with self._lock(pod.uid):
-            created = await asyncio.to_thread(_write_pod, self.state_dir, pod, max_pods)
+            created = await self._in_thread(_write_pod, self.state_dir, pod, max_pods)
         if created:
             node.log.info("local.pod_created", pod=pod.key, pod_uid=pod.uid)
         self._ensure_driver(pod.uid)
@@ -461,7 +622,7 @@ class LocalTransport(Transport):
             return
         files = self._files(pod.uid, container_name)
         async with self._lock(pod.uid):
-            if not await asyncio.to_thread(_prepare_restart, files):
+            if not await self._in_thread(_prepare_restart, files):
                 return
             await self._start(pod.uid, container_name)
         node.log.info("local.container_restarted", pod=pod.key, container=container_name)
@@ -469,7 +630,7 @@ class LocalTransport(Transport):
 
     @hookimpl
     async def get_pod_status(self, node: NodeHandle, pod: Pod) -> PodStatusReport | None:
-        return await asyncio.to_thread(_read_status, self.pod_dir(pod.uid))
+        return await self._in_thread(_read_status, self.pod_dir(pod.uid))
 
     @hookimpl
     async def get_container_logs(
@@ -480,7 +641,7 @@ class LocalTransport(Transport):
         files = self._files(pod.uid, container_name)
         key = (pod.uid, container_name)
         path = files.previous_log if options.previous else files.log
-        if not await asyncio.to_thread(path.is_file):
+        if not await self._in_thread(path.is_file):
             if options.previous:
                 raise LogsNotAvailable(
                     f"previous terminated container {container_name!r} in pod {pod.key} not found"
@@ -506,7 +667,7 @@ class LocalTransport(Transport):
         succeeded, then the app containers. Works from the files alone, so it also resumes a pod
         after a vkpy restart; a failed init container stops it (restart_container resumes it)."""
         pod_dir = self.pod_dir(uid)
-        meta = await asyncio.to_thread(read_json, pod_dir / POD_FILE)
+        meta = await self._in_thread(read_json, pod_dir / POD_FILE)
         if meta is None:
             return
         for name in meta["init_containers"]:
@@ -543,11 +704,11 @@ class LocalTransport(Transport):
                 return None
             return _probe(files)
 
-        return await asyncio.to_thread(look)
+        return await self._in_thread(look)
 
     async def _start(self, uid: str, name: str) -> None:
         """Start a container's supervisor; the caller holds the pod's lock."""
-        process, identity, ready = await asyncio.to_thread(_spawn_supervisor, self._files(uid, name))
+        process, identity, ready = await self._in_thread(_spawn_supervisor, self._files(uid, name))
         watch = self._watch(uid, name, identity, process)
         watch.ready = ready
         asyncio.get_running_loop().add_reader(ready, self._on_started, watch)
@@ -596,7 +757,7 @@ class LocalTransport(Transport):
     async def _poll_exit(self, watch: _Watch) -> None:
         while True:
             await asyncio.sleep(_POLL_SECONDS)
-            if not await asyncio.to_thread(watch.process.alive):
+            if not await self._in_thread(watch.process.alive):
                 break
         self._on_exit(watch)
 
@@ -634,7 +795,7 @@ class LocalTransport(Transport):
             deleting = read_json(pod_dir / DELETING_FILE)
             return (int(deleting.get("grace", 0)) if deleting is not None else None), live
 
-        grace, live = await asyncio.to_thread(scan)
+        grace, live = await self._in_thread(scan)
         for name, process in live:
             self._watch(uid, name, process)
         self.node.log.info("local.pod_adopted", pod_uid=uid, running=[name for name, _ in live])
@@ -649,7 +810,7 @@ class LocalTransport(Transport):
         async with self._lock(uid):
             if uid in self._deletions:  # already on its way out
                 return
-            found = await asyncio.to_thread(_begin_delete, self.pod_dir(uid), grace)
+            found = await self._in_thread(_begin_delete, self.pod_dir(uid), grace)
             if found is None:
                 return
             driver = self._drivers.pop(uid, None)
@@ -676,9 +837,9 @@ class LocalTransport(Transport):
         deadline = loop.time() + grace
 
         async def orphan_gone(process: ProcessId) -> None:
-            while await asyncio.to_thread(process.alive):
+            while await self._in_thread(process.alive):
                 if loop.time() > deadline:
-                    await asyncio.to_thread(_signal_group, process, signal.SIGKILL)
+                    await self._in_thread(_signal_group, process, signal.SIGKILL)
                 await asyncio.sleep(0.2)
 
         waits = [*(w.gone.wait() for w in watches), *(orphan_gone(o) for o in orphans)]
@@ -688,8 +849,8 @@ class LocalTransport(Transport):
         except TimeoutError:
             # A supervisor failed to end its container in time: end both ourselves.
             self.node.log.warning("local.delete_forced", pod_uid=uid)
-            await asyncio.to_thread(_kill_pod, self.pod_dir(uid), [w.process for w in watches])
-        await asyncio.to_thread(_remove_pod_dir, self.state_dir, uid)
+            await self._in_thread(_kill_pod, self.pod_dir(uid), [w.process for w in watches])
+        await self._in_thread(_remove_pod_dir, self.state_dir, uid)
         self._locks.pop(uid, None)
         self.node.log.info("local.pod_deleted", pod_uid=uid)
         self.node.report_status(uid)
@@ -759,14 +920,16 @@ def _begin_delete(pod_dir: Path, grace: int) -> tuple[list[tuple[str, ProcessId]
     is no such pod."""
     if not (pod_dir / POD_FILE).exists():
         return None
-    write_json_atomic(pod_dir / DELETING_FILE, {"grace": grace})
+    # Neither this nor the grace files are durable: after a power loss the containers are gone and
+    # the core, which still has the pod's deletion (or no pod at all), deletes it again.
+    write_json_atomic(pod_dir / DELETING_FILE, {"grace": grace}, durable=False)
     live: list[tuple[str, ProcessId]] = []
     orphans: list[ProcessId] = []
     for name in _container_names(pod_dir):
         files = ContainerFiles(pod_dir, name)
         probe = _probe(files)
         if probe.alive and probe.supervisor is not None:
-            write_file_atomic(files.grace, f"{grace}\n".encode())
+            write_file_atomic(files.grace, f"{grace}\n".encode(), durable=False)
             live.append((name, probe.supervisor))
         elif probe.exit is None and (orphan := _main_process(probe)) is not None:
             _signal_group(orphan, signal.SIGTERM)  # lost container: no supervisor to do it
