@@ -1,11 +1,13 @@
 """The device script itself, run by the shells a device may have (no SSH): its log records must be
-what vkpy.logs reads, whichever way it timestamps them, and its control channel must refuse paths."""
+what vkpy.logs reads, whichever way it timestamps them, its control channel must refuse paths, and
+the shells it starts must not run the login user's rc files."""
 
 from __future__ import annotations
 
 import datetime
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,51 @@ def test_the_control_channel_refuses_paths_and_unknown_commands(tmp_path: Path) 
     assert answers == ["@@\t1\t2", "@@\t2\t2", "@@\t3\t2", "@@\t4\t1", "@@\t5\t2", "@@\t6\t0"]
     assert "pong" in result.stdout
     assert list(pods.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash, the shell whose rc files are at stake")
+def test_the_shells_it_starts_never_run_the_login_users_rc_files(tmp_path: Path) -> None:
+    # As under sshd: SSH_CLIENT set and sh (dash) leaving SHLVL at 0, so a `bash -c` would source
+    # ~/.bashrc (slow on a board, a `pyenv init` here, and its output would pollute ours).
+    marker = tmp_path / "rc-ran"
+    rc = f"echo stray-output; echo ran >> {marker}\n"
+    (tmp_path / ".bashrc").write_text(rc)
+    (tmp_path / "bash_env").write_text(rc)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "SSH_CLIENT": "192.0.2.1 40000 22",
+        "SSH2_CLIENT": "192.0.2.1 40000 22",
+        "BASH_ENV": str(tmp_path / "bash_env"),
+        "ENV": str(tmp_path / "bash_env"),
+        "SHLVL": "0",
+    }
+    pods = tmp_path / "pods"
+    pods.mkdir()
+    info = subprocess.run(
+        ["sh", str(SCRIPT), "info"], env=env, capture_output=True, text=True, check=True, timeout=30
+    )
+    assert "stray-output" not in info.stdout
+    assert "stamper=shell" in info.stdout.splitlines()
+    # A pod started as vkpy starts one: its supervisor's bash stampers run without them too.
+    pod = pods / "p1"
+    pod.mkdir()
+    (pod / "containers").write_text("\nmain\n")
+    (pod / "main.run").write_text("exec echo hello\n")
+    serve = subprocess.run(
+        ["sh", str(SCRIPT), "serve", str(pods)],
+        input="1 ping\n2 start p1\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert serve.stdout.splitlines() == ["pong", "@@\t1\t0", "@@\t2\t0"]
+    deadline = time.monotonic() + 20
+    while not (pod / "main.exit").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "exit_code=0" in (pod / "main.exit").read_text()
+    records = [parse_cri_line(raw) for raw in (pod / "main.log").read_bytes().splitlines(keepends=True)]
+    assert [record.data for record in records if record] == [b"hello\n"]
+    assert not marker.exists()

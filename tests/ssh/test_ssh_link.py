@@ -71,6 +71,16 @@ def test_options_defaults() -> None:
     )
 
 
+@pytest.mark.parametrize(("max_sessions", "commands"), [(3, 0), (4, 1), (5, 2), (10, 2)])
+def test_long_lived_channels_leave_a_session_for_short_commands(max_sessions: int, commands: int) -> None:
+    options = structure(
+        SshOptions, {"host": "pi.local", "user": "pi", "use_agent": True, "max_sessions": max_sessions}
+    )
+    assert options.command_channels == commands
+    # SFTP, the sweep channel, the command channels, and at least one exec channel.
+    assert 1 + options.control_channels + 1 <= max_sessions
+
+
 # -- host keys ----------------------------------------------------------------------------------------
 
 

@@ -70,6 +70,8 @@ async def test_init_containers_run_in_order_then_the_app_with_its_exit_code(
     streams = {line.data: line.stream for line in await device.logs(pod)}
     assert streams == {b"out\n": "stdout", b"err\n": "stderr"}
     assert pod.uid in device.node.reports  # pushed, not only polled
+    # The second create found the pod in place and left nothing of its attempt behind.
+    assert [p.name for p in Path(device.transport.pods_root).iterdir()] == [pod.uid]
 
 
 async def test_a_failed_init_container_stops_the_pod_until_restarted(device: Device, tmp_path: Path) -> None:
@@ -278,3 +280,39 @@ async def test_a_lost_supervisor_is_reported_and_a_restart_runs_once(device: Dev
     await device.transport.restart_container(device.node, pod, "main")
     await eventually(lambda: device.status(pod), lambda r: isinstance(r and r.containers["main"], Running))
     assert device.run("ps -eo args").count("sleep 1003") == 1
+
+
+async def test_a_burst_of_pods_is_read_by_shared_sweeps_never_pod_by_pod(device: Device) -> None:
+    transport, node = device.transport, device.node
+    commands: list[str] = []
+    for channel in {transport.sweeps, *transport.control.channels}:
+        call = channel.call
+
+        async def counted(command: str, *words: str, _call=call, **kwargs):  # type: ignore[no-untyped-def]
+            commands.append(command)
+            return await _call(command, *words, **kwargs)
+
+        channel.call = counted  # type: ignore[method-assign]
+    pods = [make_pod(Container(name="main", command=("sleep", "30"))) for _ in range(12)]
+
+    async def create_then_read(pod: object) -> object:
+        await transport.create_pod(node, pod)  # type: ignore[arg-type]
+        # Asked right after the change: answered by a sweep that started after it, never older.
+        return await transport.get_pod_status(node, pod)  # type: ignore[arg-type]
+
+    reports = await asyncio.gather(*(create_then_read(pod) for pod in pods))
+    assert all(report is not None for report in reports)
+    assert commands.count("start") == len(pods)
+    assert "status" not in commands
+    sweeps = commands.count("sweep")
+    assert 1 <= sweeps < len(pods)
+    # Asked together again with nothing changed: the latest sweep answers (the sweeper's own
+    # rounds may go on meanwhile).
+    before = len(commands)
+    await asyncio.gather(*(transport.get_pod_status(node, pod) for pod in pods))
+    assert commands[before:] in ([], ["sweep"])
+    for pod in pods:
+        await eventually(
+            lambda p=pod: transport.get_pod_status(node, p),  # type: ignore[misc]
+            lambda r: isinstance(r and r.containers["main"], Running),
+        )

@@ -1,5 +1,6 @@
-"""The control channel: one long-lived ``device.sh serve`` process per connection answering pod
-commands (start, restart, delete, status, sweep), one request at a time.
+"""Control channels: long-lived ``device.sh serve`` processes answering pod commands (start,
+restart, delete, status, sweep), each one request at a time. The transport keeps one for status
+sweeps and a :class:`ControlPool` of one or two for pod commands (see ``SshOptions.command_channels``).
 
 Why not one ``exec`` per command: each exec opens an SSH session and starts the login user's shell,
 which reads its rc files; on a small board (or a shell that runs ``pyenv init``) that is hundreds of
@@ -36,6 +37,8 @@ class Control:
         self._generation = -1
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
+        self.pending = 0
+        """Calls waiting for or holding the channel."""
 
     def configure(self, script: str, pods_root: str) -> None:
         self.script = script
@@ -48,6 +51,13 @@ class Control:
             if not _WORD.fullmatch(word):
                 raise ValueError(f"not a control word: {word!r}")
         limit = timeout if timeout is not None else self.link.options.command_timeout
+        self.pending += 1
+        try:
+            return await self._call(command, words, what=what, limit=limit)
+        finally:
+            self.pending -= 1
+
+    async def _call(self, command: str, words: tuple[str, ...], *, what: str, limit: float) -> Completed:
         async with self._lock:
             request_id = next(self._ids)
             try:
@@ -98,3 +108,25 @@ class Control:
 
     def close(self) -> None:
         self._close()
+
+
+class ControlPool:
+    """Pod commands spread over a few control channels, each call to the least busy one. The core
+    sends one command at a time for a given pod, and the device script locks each pod anyway."""
+
+    def __init__(self, channels: list[Control]) -> None:
+        if not channels:
+            raise ValueError("a control pool needs a channel")
+        self.channels = channels
+
+    def configure(self, script: str, pods_root: str) -> None:
+        for channel in self.channels:
+            channel.configure(script, pods_root)
+
+    async def call(self, command: str, *words: str, what: str, timeout: float | None = None) -> Completed:
+        channel = min(self.channels, key=lambda c: c.pending)
+        return await channel.call(command, *words, what=what, timeout=timeout)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()

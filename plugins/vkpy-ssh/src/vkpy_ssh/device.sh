@@ -22,6 +22,12 @@ set -u
 umask 077
 SELF=$0
 TAB='	'
+# The shells this script starts (bash for timestamps) must not run the login user's rc files: bash
+# sources ~/.bashrc when SSH_CLIENT is set and it thinks it is a top-level shell (it does under
+# dash, which leaves SHLVL at 0), and $BASH_ENV / $ENV for every script. A ~/.bashrc that runs
+# `pyenv init` costs hundreds of milliseconds a start, and whatever it prints would land in the
+# output it was started to read. Containers never see any of these (env -i).
+unset SSH_CLIENT SSH2_CLIENT BASH_ENV ENV
 
 # --- processes -----------------------------------------------------------------------------------
 
@@ -366,12 +372,22 @@ pick_stamper() {
 		_path=$(command -v "$_cand" 2>/dev/null) || continue
 		[ "$_cand" = busybox ] && _path="$_path sh"
 		# shellcheck disable=SC2016,SC2086
-		if $_path -c '[ -n "${EPOCHREALTIME:-}" ]' 2>/dev/null; then
+		if $_path -c '[ -n "${EPOCHREALTIME:-}" ]' </dev/null >/dev/null 2>&1; then
 			STAMPER=$_path
 			return 0
 		fi
 	done
 	return 0
+}
+
+# The stamper as picked once by `serve` for the supervisors it starts (VKPY_PICKED_STAMPER, set
+# and exported there whatever was inherited: "-" for this shell), else picked now.
+use_stamper() {
+	case ${VKPY_PICKED_STAMPER:-} in
+	'') pick_stamper ;;
+	-) STAMPER= ;;
+	*) STAMPER=$VKPY_PICKED_STAMPER ;;
+	esac
 }
 
 # --- supervising one container -------------------------------------------------------------------
@@ -397,12 +413,15 @@ cmd_supervise() {
 		finish 143 Error "the pod was deleted before the container started" ""
 		exit 0
 	fi
-	rm -f "$C.out" "$C.err" "$C.killed" "$C.cannotrun"
+	# Leftovers only after a restart: a first start costs no rm process.
+	if [ -e "$C.out" ] || [ -e "$C.err" ] || [ -e "$C.killed" ] || [ -e "$C.cannotrun" ]; then
+		rm -f "$C.out" "$C.err" "$C.killed" "$C.cannotrun"
+	fi
 	if ! mkfifo "$C.out" "$C.err"; then
 		finish 128 ContainerCannotRun "cannot create the output pipes in $POD" ""
 		exit 0
 	fi
-	pick_stamper
+	use_stamper
 	# shellcheck disable=SC2086
 	if [ -n "$STAMPER" ]; then
 		$STAMPER "$SELF" stamp stdout <"$C.out" >>"$C.log" &
@@ -523,6 +542,10 @@ cmd_reap() {
 #   answer:   the command's output, then a line "@@<TAB><id><TAB><exit status>"
 cmd_serve() {
 	ROOT=$1
+	# Probing for a shell costs a process start: once here rather than in every supervisor.
+	pick_stamper
+	VKPY_PICKED_STAMPER=${STAMPER:--}
+	export VKPY_PICKED_STAMPER
 	while IFS=' ' read -r _id _cmd _a _b _extra; do
 		case $_id in '' | *[!0-9]*) continue ;; esac
 		_ok=1

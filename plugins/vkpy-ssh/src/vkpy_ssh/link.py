@@ -3,9 +3,10 @@ backoff, and report the link's health. Every remote call goes through :meth:`Lin
 :meth:`Link.sftp_call`, which fail fast with :class:`vkpy.DeviceUnreachable` when the link is down
 and never wait longer than ``command_timeout`` on a half-dead one.
 
-Channels: the connection holds two channels for its whole life, SFTP (file transfers and every log
-read, followers included) and the control channel (see :mod:`vkpy_ssh.control`), and at most
-``max_sessions - 2`` short command channels at once, so it stays within OpenSSH's ``MaxSessions``
+Channels: the connection holds its long-lived channels for its whole life, SFTP (file transfers and
+every log read, followers included) and the control channels (see :mod:`vkpy_ssh.control`: one
+for status sweeps and one for pod commands, or one for both when ``max_sessions`` is 3), and the
+rest of ``max_sessions`` for short command channels, so it stays within OpenSSH's ``MaxSessions``
 and one connection is always enough.
 """
 
@@ -108,8 +109,8 @@ class Link:
         self._sftp: asyncssh.SFTPClient | None = None
         self._up = asyncio.Event()
         self._first_attempt = asyncio.Event()
-        # Two sessions stay open for the connection's life: SFTP and the control channel.
-        self._sessions = asyncio.Semaphore(options.max_sessions - 2)
+        # Sessions open for the connection's life: SFTP and the control channels.
+        self._sessions = asyncio.Semaphore(options.max_sessions - 1 - options.control_channels)
         self._task: asyncio.Task[None] | None = None
 
     # -- state ---------------------------------------------------------------------------------------

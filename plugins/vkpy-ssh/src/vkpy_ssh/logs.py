@@ -20,6 +20,9 @@ from vkpy.logs import parse_cri_line
 from vkpy_ssh.link import Link
 
 BLOCK = 64 * 1024
+# Forward reads ask for more at once: asyncssh splits a large read into parallel requests, so a
+# long log arrives in fewer round trips. A read returns what there is; followers are not delayed.
+READ_SIZE = 256 * 1024
 FOLLOW_POLL_SECONDS = 0.25
 
 
@@ -82,7 +85,7 @@ class _Reader:
         file = await self.open()
 
         async def do_read(sftp: asyncssh.SFTPClient) -> bytes:
-            return cast(bytes, await file.read(BLOCK, offset))
+            return cast(bytes, await file.read(READ_SIZE, offset))
 
         return await self.link.sftp_call(do_read, what="reading a log")
 

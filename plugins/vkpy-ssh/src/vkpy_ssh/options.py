@@ -116,6 +116,19 @@ class SshOptions:
             raise InvalidValue(f"must be at least 1, got {self.max_pods}", key="max_pods")
 
     @property
+    def command_channels(self) -> int:
+        """Long-lived ``device.sh serve`` channels for pod commands (start, delete, restart), besides
+        the one for status sweeps: reading every pod then never waits behind the forks of a burst
+        of starts, and two channels keep two device cores busy. None (the sweep channel serves
+        both) when ``max_sessions`` leaves no room; one short command channel always remains."""
+        return max(0, min(2, self.max_sessions - 3))
+
+    @property
+    def control_channels(self) -> int:
+        """Every long-lived ``device.sh serve`` channel: the sweep channel and the command ones."""
+        return 1 + self.command_channels
+
+    @property
     def auth(self) -> SshAuth:
         """The login methods, together."""
         return SshAuth(

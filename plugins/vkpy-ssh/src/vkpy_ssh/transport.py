@@ -7,8 +7,14 @@ supervises, stops and reports its containers, detached from any SSH session: pod
 while vkpy restarts or the link is down, and a later vkpy adopts them from the folders alone.
 
 vkpy's side: one :class:`~vkpy_ssh.link.Link` (one connection, reconnected with backoff, its
-health pushed to the node), a status sweep (one command for every pod, each ``status_interval``)
-that pushes ``node.report_status`` for each pod whose state changed, and log reads over SFTP.
+health pushed to the node), a status sweep (one command for every pod, each ``status_interval``,
+sooner after a change or while a container is starting) that pushes ``node.report_status`` for
+each pod whose state changed, and log reads over SFTP.
+
+Status is never read pod by pod: ``get_pod_status`` answers from a sweep that started after the
+transport's last change to that pod, waiting for (or starting) the next one when needed. A burst of
+pods then costs one sweep per round, whatever the number of pods asking, and the sweeps run on a
+control channel of their own, never queued behind the starts.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import contextlib
 import importlib.resources
 import secrets
 import shlex
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from posixpath import join as pjoin
 from typing import Any, cast
 
@@ -38,7 +44,7 @@ from vkpy import (
     hookimpl,
 )
 from vkpy_ssh import layout, status
-from vkpy_ssh.control import Control
+from vkpy_ssh.control import Control, ControlPool
 from vkpy_ssh.layout import DeviceFacts, Entry, PodPaths
 from vkpy_ssh.link import Link, SetupFailed
 from vkpy_ssh.logs import read_device_log
@@ -46,6 +52,8 @@ from vkpy_ssh.options import SshOptions, remote_path
 
 DEVICE_SCRIPT = importlib.resources.files("vkpy_ssh").joinpath("device.sh").read_bytes()
 SCRIPT_MODE = 0o700
+SOON_RESWEEP_SECONDS = 0.25
+POD_WRITES_AT_ONCE = 8
 
 
 @attrs.frozen
@@ -67,15 +75,25 @@ class SshTransport(Transport):
         super().__init__(node, options)
         self.options: SshOptions
         self.link = Link(options, setup=self._setup, on_health=self._on_health, node_name=node.name)
-        self.control = Control(self.link)
+        # Sweeps are read-only and cheap; pod commands fork on the device. Separate channels keep
+        # the status of a burst flowing while its starts are still queued.
+        self.sweeps = Control(self.link)
+        commands = [Control(self.link) for _ in range(options.command_channels)]
+        self.control = ControlPool(commands or [self.sweeps])
         self.facts: DeviceFacts | None = None
         self.script = ""
         self.pods_root = ""
         self._snapshot: Snapshot | None = None
         self._published_generation = 0
         self._changed: dict[str, float] = {}
+        self._last_change = float("-inf")
+        # Pod folders written together share the SFTP channel: a hundred at once would each take as
+        # long as all of them, and no pod could start before the burst was written. A few at a time
+        # finish in turn, and their starts go on while the next ones are written.
+        self._writes = asyncio.Semaphore(POD_WRITES_AT_ONCE)
         self._kick = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[Snapshot] | None = None
 
     # -- connection ----------------------------------------------------------------------------------
 
@@ -122,6 +140,7 @@ class SshTransport(Transport):
         self.script = script
         self.pods_root = pods_root
         self.control.configure(script, pods_root)
+        self.sweeps.configure(script, pods_root)
         self.node.log.info(
             "ssh.device_ready",
             arch=facts.arch,
@@ -141,7 +160,7 @@ class SshTransport(Transport):
 
     def _mark(self, uid: str) -> None:
         """A pod changed by our hand: the last sweep no longer describes it."""
-        self._changed[uid] = asyncio.get_running_loop().time()
+        self._last_change = self._changed[uid] = asyncio.get_running_loop().time()
         self._kick.set()
 
     # -- node hooks ----------------------------------------------------------------------------------
@@ -160,6 +179,11 @@ class SshTransport(Transport):
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            await asyncio.gather(self._sweeping, return_exceptions=True)
+            self._sweeping = None
+        self.sweeps.close()
         self.control.close()
         await self.link.stop()
 
@@ -181,7 +205,7 @@ class SshTransport(Transport):
 
     @hookimpl
     async def list_pods(self, node: NodeHandle) -> Collection[str]:
-        snapshot = await self._sweep()
+        snapshot = await self._snapshot_after(asyncio.get_running_loop().time())
         return sorted(uid for uid, pod in snapshot.pods.items() if pod.present)
 
     # -- pod hooks -----------------------------------------------------------------------------------
@@ -191,31 +215,43 @@ class SshTransport(Transport):
         layout.validate(pod)
         facts = self._require_ready()
         paths = self._paths(pod.uid)
-
-        async def exists(sftp: asyncssh.SFTPClient) -> bool:
-            return await sftp.exists(pjoin(paths.pod_dir, layout.CONTAINERS_FILE))
-
-        if not await self.link.sftp_call(exists, what="looking for the pod"):
-            await self._write_pod(pod, paths, facts)
+        # No look first: the rename that publishes the folder refuses an existing pod.
+        if await self._write_pod(pod, paths, facts):
             node.log.info("ssh.pod_created", pod=pod.key, pod_uid=pod.uid, env_names=layout.env_names(pod))
         result = await self.control.call("start", pod.uid, what="starting the pod")
         self._mark(pod.uid)
         if not result.ok:
             raise RuntimeError(f"the device could not start pod {pod.key}: {result.error_text()}")
 
-    async def _write_pod(self, pod: Pod, paths: PodPaths, facts: DeviceFacts) -> None:
+    async def _write_pod(self, pod: Pod, paths: PodPaths, facts: DeviceFacts) -> bool:
         """Build the pod folder aside and rename it into place: on the device, a pod is complete
-        or absent."""
+        or absent. False when the pod was there already.
+
+        The SFTP requests are pipelined on the one channel: the folders one depth at a time (a
+        level's mkdirs together), then every file, symlink and folder mode at once, then the
+        rename; a simple pod costs four round trips, not twenty."""
         building = pjoin(self.pods_root, f".creating-{pod.uid}-{secrets.token_hex(4)}")
         entries = layout.pod_entries(pod, self.node.name, building, paths, facts)
         dirs = [e for e in entries if e.kind == "dir"]
         others = [e for e in entries if e.kind != "dir"]
+        levels: dict[int, list[Entry]] = {}
+        for entry in dirs:
+            levels.setdefault(entry.path.count("/"), []).append(entry)
 
         async def build(sftp: asyncssh.SFTPClient) -> bool:
-            for entry in dirs:
-                await sftp.mkdir(entry.path, attrs=asyncssh.SFTPAttrs(permissions=entry.mode))
-                await sftp.chmod(entry.path, entry.mode)
-            await asyncio.gather(*(_put(sftp, entry) for entry in others))
+            for depth in sorted(levels):
+                await _gather_all(
+                    sftp.mkdir(entry.path, attrs=asyncssh.SFTPAttrs(permissions=entry.mode))
+                    for entry in levels[depth]
+                )
+            # The SFTP server's umask may have narrowed or kept bits: set exactly what was meant
+            # (before the rename, so the published folder never has other modes).
+            await _gather_all(
+                [
+                    *(sftp.chmod(entry.path, entry.mode) for entry in dirs),
+                    *(_put(sftp, entry) for entry in others),
+                ]
+            )
             try:
                 await sftp.rename(building, paths.pod_dir)
             except asyncssh.SFTPFailure:
@@ -225,11 +261,14 @@ class SshTransport(Transport):
             return True
 
         try:
-            if not await self.link.sftp_call(build, what="writing the pod folder"):
-                await self._remove_quietly(building)
+            async with self._writes:
+                written = await self.link.sftp_call(build, what="writing the pod folder")
         except asyncssh.SFTPError as exc:
             await self._remove_quietly(building)
             raise RuntimeError(f"cannot write pod {pod.key} to the device: {exc.reason}") from None
+        if not written:
+            await self._remove_quietly(building)
+        return written
 
     async def _remove_quietly(self, path: str) -> None:
         # When the link is down, the next connection's setup removes what is left.
@@ -274,24 +313,12 @@ class SshTransport(Transport):
         return line.report() if line is not None else None
 
     async def _pod_line(self, uid: str) -> status.PodLine | None:
-        """The pod as the device describes it: from the last sweep when that is recent and newer
-        than our last change to the pod, else asked now."""
+        """The pod as the device describes it, from a sweep that is recent and started after our
+        last change to the pod: the latest one, the one running, or the next one."""
         layout.check_uid(uid)
-        snapshot = self._snapshot
-        loop = asyncio.get_running_loop()
-        if (
-            snapshot is not None
-            and snapshot.generation == self.link.generation
-            and snapshot.started > self._changed.get(uid, float("-inf"))
-            and loop.time() - snapshot.started < 2 * self.options.status_interval
-        ):
-            return snapshot.pods.get(uid)
-        result = await self.control.call("status", uid, what="reading pod status")
-        try:
-            pods = status.parse(result.stdout.decode("utf-8", "replace"))
-        except status.IncompleteStatus:
-            raise DeviceUnreachable(f"{self.options.address}: the pod status answer was cut short") from None
-        return pods.get(uid)
+        recent = asyncio.get_running_loop().time() - 2 * self.options.status_interval
+        snapshot = await self._snapshot_after(max(recent, self._changed.get(uid, float("-inf"))))
+        return snapshot.pods.get(uid)
 
     @hookimpl
     async def get_container_logs(
@@ -336,12 +363,40 @@ class SshTransport(Transport):
 
     # -- sweeping ------------------------------------------------------------------------------------
 
+    async def _snapshot_after(self, since: float) -> Snapshot:
+        """A sweep of this connection that started after ``since`` (loop time). Callers asking at
+        the same time share the sweep in flight, or the one after it when that one started too
+        early: a hundred pods created at once cost a sweep or two, not a hundred status reads."""
+        while True:
+            snapshot = self._snapshot
+            current = snapshot is not None and snapshot.generation == self.link.generation
+            if snapshot is not None and current and snapshot.started > since:
+                return snapshot
+            await self._shared_sweep()
+
+    async def _shared_sweep(self) -> Snapshot:
+        """The sweep in flight, or a new one; each is published. One at a time, so snapshots only
+        move forward."""
+        task = self._sweeping
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._sweep_and_publish(), name="ssh-sweep-once")
+            # Every waiter may have been cancelled: the outcome is then nobody's to retrieve.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._sweeping = task
+        # A cancelled waiter must not cancel the sweep the others wait for.
+        return await asyncio.shield(task)
+
+    async def _sweep_and_publish(self) -> Snapshot:
+        snapshot = await self._sweep()
+        self._publish(snapshot)
+        return snapshot
+
     async def _sweep(self) -> Snapshot:
         self._require_ready()
         loop = asyncio.get_running_loop()
         started = loop.time()
         generation = self.link.generation
-        result = await self.control.call("sweep", what="the status sweep")
+        result = await self.sweeps.call("sweep", what="the status sweep")
         try:
             pods = status.parse(result.stdout.decode("utf-8", "replace"))
         except status.IncompleteStatus:
@@ -355,22 +410,30 @@ class SshTransport(Transport):
         while True:
             await self.link.wait_connected()
             generation = self.link.generation
+            # Cleared before the sweep: a change made while it runs asks for the next one.
+            self._kick.clear()
             try:
-                snapshot = await self._sweep()
+                snapshot = await self._shared_sweep()
             except DeviceUnreachable as exc:
                 if self.link.connected and self.link.generation == generation:
                     self.link.abort(f"status sweep failed: {exc}")
                 await asyncio.sleep(min(interval, 1.0))
                 continue
-            self._publish(snapshot)
-            self._kick.clear()
+            # A starting container runs within moments, and a container told to stop mostly stops
+            # at once: look again soon rather than a whole interval later, so that Running (or
+            # the end) is seen when it happens. Only for a while after a change of ours: a slow
+            # grace period is followed at the usual pace.
+            recent = asyncio.get_running_loop().time() - self._last_change < interval
+            wait = min(interval, SOON_RESWEEP_SECONDS) if recent or _starting(snapshot) else interval
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(wait):
                     await self._kick.wait()
             except TimeoutError:
                 pass
 
     def _publish(self, snapshot: Snapshot) -> None:
+        # Each of our changes is seen by a later sweep or none: entries older than this one go.
+        self._changed = {uid: at for uid, at in self._changed.items() if at >= snapshot.started}
         previous = self._snapshot
         self._snapshot = snapshot
         reconnected = snapshot.generation != self._published_generation
@@ -379,6 +442,10 @@ class SshTransport(Transport):
         for uid in sorted(set(old) | set(snapshot.pods)):
             if reconnected or old.get(uid) != snapshot.pods.get(uid):
                 self.node.report_status(uid)
+
+
+def _starting(snapshot: Snapshot) -> bool:
+    return any(c.state == "starting" for pod in snapshot.pods.values() for c in pod.containers)
 
 
 async def _makedirs(sftp: asyncssh.SFTPClient, path: str) -> None:
@@ -397,14 +464,23 @@ async def _makedirs(sftp: asyncssh.SFTPClient, path: str) -> None:
                 raise SetupFailed(f"no permission to create the folder {current} on the device") from None
 
 
+async def _gather_all(operations: Iterable[Awaitable[Any]]) -> None:
+    """Await every operation, even when one fails (none is left running on the channel), then
+    raise the first failure."""
+    results = await asyncio.gather(*operations, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def _put(sftp: asyncssh.SFTPClient, entry: Entry) -> None:
     if entry.kind == "link":
         await sftp.symlink(entry.target, entry.path)
         return
     async with sftp.open(entry.path, "wb", attrs=asyncssh.SFTPAttrs(permissions=entry.mode)) as file:
-        await file.write(entry.content)
-        # The SFTP server's umask may have narrowed or kept bits: set exactly what was meant.
-        await file.chmod(entry.mode)
+        # Both on the open handle, sent together. The SFTP server's umask may have narrowed or kept
+        # bits: the chmod sets exactly what was meant.
+        await _gather_all([file.write(entry.content), file.chmod(entry.mode)])
 
 
 @hookimpl
