@@ -124,8 +124,12 @@ def test_a_device_that_comes_back_reports_its_capacity_again(
     entry = node_entry("node-cap", tmp_path / "state")
     del entry["capacity"]  # the device's report decides
     start_vkpy([], nodes=[entry])
+    # Plugged in only once vkpy has seen it missing: otherwise there is nothing to come back from.
+    ready = "{.status.conditions[?(@.type=='Ready')].status}"
     wait_for(
-        lambda: jsonpath(k8s_cluster, "node", "node-cap", "{.metadata.name}"), timeout=30, what="the node"
+        lambda: jsonpath(k8s_cluster, "node", "node-cap", ready) == "False",
+        timeout=30,
+        what="the node NotReady",
     )
 
     (probe_dir / "node-cap.capacity").write_text(json.dumps({"cpu": "3", "memory": "3Gi", "pods": "7"}))

@@ -177,6 +177,10 @@ class VirtualNode:
             # The node still registers (NotReady): the user sees why in `kubectl describe node`.
             self._log.error("node.start_failed", error=str(exc))
             self.set_health(DeviceHealth(False, "DeviceStartFailed", str(exc)))
+        else:
+            # Registered NotReady when the device is away, rather than Ready until the first poll:
+            # the scheduler would place pods on it meanwhile.
+            await self._poll_health()
         await self._refresh_capacity()
         await self.register()
         self._tasks = [
