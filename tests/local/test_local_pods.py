@@ -76,7 +76,8 @@ async def test_create_pod_is_idempotent(local: Local) -> None:
     await local.transport.update_pod(local.node, pod)
     assert (local.transport.pod_dir(pod.uid) / "main.supervisor").read_text() == supervisor
     assert await local.transport.list_pods(local.node) == [pod.uid]
-    assert await logs_of(local, pod, "main") == b"once\n"
+    # Running means started: the output reaches the log a moment later, and only once.
+    await eventually(lambda: logs_of(local, pod, "main"), lambda logs: logs == b"once\n")
 
 
 async def test_env_and_working_dir_are_applied_and_vkpy_env_does_not_leak(

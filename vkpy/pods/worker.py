@@ -60,6 +60,13 @@ def _older(manifest: JSON, than: JSON | None) -> bool:
     return int(theirs) < int(ours)
 
 
+def _same_version(manifest: JSON, than: JSON | None) -> bool:
+    if than is None:
+        return False
+    ours = than.get("metadata", {}).get("resourceVersion")
+    return bool(ours) and manifest.get("metadata", {}).get("resourceVersion") == ours
+
+
 def _should_restart(policy: str, state: Terminated, init: bool = False) -> bool:
     if init:
         # A failed init container is retried unless the pod never restarts; a finished one is done.
@@ -112,6 +119,10 @@ class PodWorker:
         if manifest is not None and _older(manifest, self.latest):
             # A watch event queued before the status write whose answer `latest` already holds:
             # acting on it would repeat that write with a stale resourceVersion (a 409, a GET).
+            return
+        if manifest is not None and _same_version(manifest, self.latest):
+            # The echo of the worker's own status write (or a relist of an unchanged pod): the
+            # worker holds this very version already, so there is nothing to reconcile.
             return
         self.latest = manifest
         if manifest is not None:
