@@ -1,4 +1,5 @@
-"""Which watch objects a pod worker ignores as older than the one its own status write returned."""
+"""Which watch objects a pod worker ignores: the version it holds (the echo of its own status
+write), or an older one (queued before that write)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vkpy.pods.worker import _older
+from vkpy.pods.worker import _not_newer
 
 
 def _pod(rv: str) -> dict[str, Any]:
@@ -14,20 +15,22 @@ def _pod(rv: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("incoming", "held", "older"),
+    ("incoming", "held", "ignored"),
     [
-        ("41", "42", True),
-        ("42", "42", False),
-        ("43", "42", False),
+        ("41", "42", True),  # older
+        ("42", "42", True),  # the same version
+        ("43", "42", False),  # newer
         ("9", "10", True),  # compared as numbers, not as strings
         ("100", "99", False),
+        ("abc", "abc", True),  # not etcd's: equal is still the same version
         ("abc", "42", False),  # not etcd's: never called older
         ("41", "", False),
+        ("", "", False),
     ],
 )
-def test_older_compares_etcd_revisions_as_numbers(incoming: str, held: str, older: bool) -> None:
-    assert _older(_pod(incoming), _pod(held)) is older
+def test_versions_compare_as_etcd_revisions(incoming: str, held: str, ignored: bool) -> None:
+    assert _not_newer(_pod(incoming), _pod(held)) is ignored
 
 
-def test_nothing_is_older_than_no_object() -> None:
-    assert _older(_pod("1"), None) is False
+def test_nothing_is_held_before_the_first_object() -> None:
+    assert _not_newer(_pod("1"), None) is False

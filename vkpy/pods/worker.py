@@ -46,25 +46,20 @@ def _was_started(manifest: Mapping[str, Any]) -> bool:
     return False
 
 
-def _older(manifest: JSON, than: JSON | None) -> bool:
-    """Whether ``manifest`` is an older version of the pod ``than`` is.
+def _not_newer(manifest: JSON, held: JSON | None) -> bool:
+    """Whether ``manifest`` is the version of the pod the worker ``held`` already, or an older one.
 
     resourceVersions are opaque by contract, but a pod's come from etcd's revision: decimal and
-    increasing. Anything else is never called older, so at worst a status write is repeated."""
-    if than is None:
+    increasing. Others are only compared for equality, so at worst a status write is repeated."""
+    if held is None:
         return False
-    ours = than.get("metadata", {}).get("resourceVersion", "")
-    theirs = manifest.get("metadata", {}).get("resourceVersion", "")
-    if not (ours.isdecimal() and theirs.isdecimal()):
+    ours = str(held.get("metadata", {}).get("resourceVersion") or "")
+    theirs = str(manifest.get("metadata", {}).get("resourceVersion") or "")
+    if not ours or not theirs:
         return False
-    return int(theirs) < int(ours)
-
-
-def _same_version(manifest: JSON, than: JSON | None) -> bool:
-    if than is None:
-        return False
-    ours = than.get("metadata", {}).get("resourceVersion")
-    return bool(ours) and manifest.get("metadata", {}).get("resourceVersion") == ours
+    if ours.isdecimal() and theirs.isdecimal():
+        return int(theirs) <= int(ours)
+    return theirs == ours
 
 
 def _should_restart(policy: str, state: Terminated, init: bool = False) -> bool:
@@ -116,13 +111,10 @@ class PodWorker:
 
     # -- inputs ----------------------------------------------------------------------------------
     def update(self, manifest: JSON | None) -> None:
-        if manifest is not None and _older(manifest, self.latest):
-            # A watch event queued before the status write whose answer `latest` already holds:
-            # acting on it would repeat that write with a stale resourceVersion (a 409, a GET).
-            return
-        if manifest is not None and _same_version(manifest, self.latest):
-            # The echo of the worker's own status write (or a relist of an unchanged pod): the
-            # worker holds this very version already, so there is nothing to reconcile.
+        if manifest is not None and _not_newer(manifest, self.latest):
+            # The echo of the worker's own status write, an unchanged pod in a relist (nothing to
+            # reconcile), or an event queued before that write (acting on it would repeat the write
+            # with a stale resourceVersion: a 409 and a GET).
             return
         self.latest = manifest
         if manifest is not None:
