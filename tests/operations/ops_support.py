@@ -151,12 +151,20 @@ def vkpy_cli(
     )
 
 
+_handed_out: set[int] = set()
+
+
 def stable_port() -> int:
     """A free port below the ephemeral range (32768+ on Linux): a port picked there can be taken as a
     source port by any outgoing connection before the server binds it, which happens when many
-    processes start at once."""
+    processes start at once. A port is never handed out twice in one test run: a test that starts
+    fifteen processes at once would otherwise, now and then, give two of them the same port before
+    either has bound it."""
     while True:
         port = random.randint(20000, 32000)
+        if port in _handed_out:
+            continue
+        _handed_out.add(port)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind(("127.0.0.1", port))
