@@ -193,8 +193,11 @@ class PodController:
         if worker.latest is not None:
             # Gone from the API already when `latest` is None: no DELETED event is to come.
             self._remember_finished(worker.uid, worker.node.name)
-        for key, uid in list(self.by_name.items()):
-            if uid == worker.uid:
+        if worker.last_known is not None:
+            # A pod's namespace and name never change: one lookup, not a scan of every pod.
+            meta = worker.last_known.get("metadata", {})
+            key = (meta.get("namespace", ""), meta.get("name", ""))
+            if self.by_name.get(key) == worker.uid:
                 del self.by_name[key]
 
     def _remember_finished(self, uid: str, node_name: str) -> None:

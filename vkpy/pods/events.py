@@ -80,7 +80,7 @@ class EventRecorder:
         }
         try:
             async with self._in_flight:
-                await self.client.create(f"/api/v1/namespaces/{namespace}/events", body)
+                await self.client.send("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
         except Exception as exc:
             log.warning("event.write_failed", node=self.node_name, reason=reason, error=str(exc))
 

@@ -563,9 +563,10 @@ class PodWorker:
         meanwhile is a different pod and survives."""
         meta = manifest["metadata"]
         try:
-            await self.node.client.delete(
+            await self.node.client.send(
+                "DELETE",
                 f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                {
+                body={
                     "apiVersion": "v1",
                     "kind": "DeleteOptions",
                     "gracePeriodSeconds": 0,
