@@ -23,7 +23,7 @@ JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 USER_AGENT = "vkpy"
-POOL_SIZE = 64
+POOL_SIZE = 16
 
 
 class KubeError(Exception):
@@ -89,9 +89,10 @@ class KubeClient:
                 client_configuration=configuration,
                 persist_config=False,
             )
-        # No client-side rate limit (the Go virtual-kubelet's first bottleneck), but a bounded pool:
-        # with an unbounded one every concurrent request pays its own TLS handshake (measured: 15-29 %
-        # of vkpy's CPU in a burst, see benchmarks/README.md). Requests beyond it queue for a second.
+        # No client-side rate limit (the Go virtual-kubelet's first bottleneck), but a small pool:
+        # every connection pays a TLS handshake (with an unbounded pool: 15-29 % of vkpy's CPU in a
+        # burst; with 64 still 8 %), and 16 kept a 1000-pod burst as fast (benchmarks/README.md).
+        # Requests beyond it queue for a connection.
         configuration.connection_pool_maxsize = POOL_SIZE
         api = _PlainApiClient(configuration)
         without_environment_lookups(api.rest_client)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,37 @@ def test_events_setting_chooses_the_normal_events_and_keeps_warnings(
         assert started[0]["message"] == f"Started container main on the device of node {node} via local"
     elif level == "all":
         assert len(started) == 2  # the first run and the restart
+
+
+async def test_events_give_way_to_urgent_writes_and_keep_their_time(
+    k8s_cluster: ControlPlane, k8s_namespace: str
+) -> None:
+    """An Event emitted while a pod's status write runs waits for it (and a short pause after), then
+    goes out stamped with the time it happened, not the time it was sent."""
+    from vkpy.kube import KubeClient, parse_time
+    from vkpy.pods.events import SETTLE_SECONDS, EventRecorder
+
+    client = await KubeClient.from_kubeconfig(k8s_cluster.admin_kubeconfig)
+    recorder = EventRecorder(client, "events-defer", "all")
+    pod = {"metadata": {"namespace": k8s_namespace, "name": "deferred", "uid": "u-1", "resourceVersion": "1"}}
+
+    def sent() -> list[dict[str, Any]]:
+        return _events(k8s_cluster, k8s_namespace, "deferred")
+
+    try:
+        with recorder.urgent():
+            recorder.emit(pod, "Normal", "Created", "while a status write runs")
+            emitted = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+            # Held while the urgent write lasts (3 s: well under MAX_DEFERRAL_SECONDS, and long
+            # enough that a stamp taken at sending would be seconds off).
+            await asyncio.sleep(3)
+            assert await asyncio.to_thread(sent) == []
+        await asyncio.sleep(SETTLE_SECONDS)
+        await recorder.drain()
+        events = await asyncio.to_thread(sent)
+        assert [e["reason"] for e in events] == ["Created"]
+        stamp = parse_time(events[0]["firstTimestamp"])
+        assert stamp is not None
+        assert abs((stamp - emitted).total_seconds()) <= 1
+    finally:
+        await client.close()

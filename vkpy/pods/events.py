@@ -3,24 +3,45 @@
 Each Event is an API write. A node's ``events`` setting says which ``Normal`` ones are worth it:
 ``all`` writes the kubelet's full set (``Created``, ``Started``, ``Killing``...), ``brief`` only what
 the worker marks as brief (one ``Started`` per pod), ``warnings`` none. Warnings always go out.
+
+Events give way to the writes pods wait on. While a node's status writes or final deletes are
+going on, its Events queue (stamped with the time they happened) and go out once those writes have
+paused for a moment, or when the oldest has waited ``MAX_DEFERRAL_SECONDS``. In a burst of 1000 pods
+this took the median create→Running from 1.3-2.5 s to under 0.5 s (benchmarks/README.md): each Event
+costs the API server about as much as the status write a pod is waiting for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
+import attrs
 import structlog
 
-from vkpy.kube import KubeClient, now, rfc3339
+from vkpy.kube import JSON, KubeClient, now, rfc3339
 
 log = structlog.get_logger("vkpy.events")
 
 # Events are for people reading `kubectl describe`: a few in flight per node is plenty, and more
 # would take API connections from the status writes that pods are waiting on.
 EVENTS_IN_FLIGHT = 4
+# How long the node's urgent writes must have paused before Events go out.
+SETTLE_SECONDS = 0.2
+# An Event is sent after this long even when urgent writes never pause (steady churn).
+MAX_DEFERRAL_SECONDS = 10.0
+
+
+@attrs.frozen
+class _Queued:
+    namespace: str
+    reason: str
+    body: JSON
+    queued_at: float
 
 
 class EventRecorder:
@@ -32,8 +53,10 @@ class EventRecorder:
         self.client = client
         self.node_name = node_name
         self.level = level
-        self._pending: set[asyncio.Task[None]] = set()
-        self._in_flight = asyncio.Semaphore(EVENTS_IN_FLIGHT)
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._senders: set[asyncio.Task[None]] = set()
+        self._urgent = 0
+        self._urgent_ended = 0.0
 
     def wants(self, kind: str, brief: bool = False) -> bool:
         """Whether an event of ``kind`` is written at this node's level; ``brief`` marks the Normal
@@ -42,17 +65,22 @@ class EventRecorder:
             return True
         return brief and self.level == "brief"
 
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Around a write that a pod waits on: queued Events hold back while it runs."""
+        self._urgent += 1
+        try:
+            yield
+        finally:
+            self._urgent -= 1
+            self._urgent_ended = asyncio.get_running_loop().time()
+
     def emit(self, pod: Mapping[str, Any], kind: str, reason: str, message: str, brief: bool = False) -> None:
         if not self.wants(kind, brief):
             return
-        task = asyncio.create_task(self._send(pod, kind, reason, message))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _send(self, pod: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         meta = pod.get("metadata", {})
-        namespace = meta.get("namespace", "default")
-        stamp = now()
+        namespace = str(meta.get("namespace", "default"))
+        stamp = rfc3339(now())
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -74,16 +102,48 @@ class EventRecorder:
             "source": {"component": "vkpy", "host": self.node_name},
             "reportingComponent": "vkpy",
             "reportingInstance": self.node_name,
-            "firstTimestamp": rfc3339(stamp),
-            "lastTimestamp": rfc3339(stamp),
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "count": 1,
         }
-        try:
-            async with self._in_flight:
-                await self.client.send("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
-        except Exception as exc:
-            log.warning("event.write_failed", node=self.node_name, reason=reason, error=str(exc))
+        loop = asyncio.get_running_loop()
+        self._queue.append(_Queued(namespace, reason, body, loop.time()))
+        if len(self._senders) < EVENTS_IN_FLIGHT:
+            task = loop.create_task(self._send_queued(), name=f"events:{self.node_name}")
+            self._senders.add(task)
+            task.add_done_callback(self._senders.discard)
+
+    async def _send_queued(self) -> None:
+        while self._queue:
+            await self._give_way(self._queue[0].queued_at)
+            if not self._queue:
+                return
+            event = self._queue.popleft()
+            try:
+                path = f"/api/v1/namespaces/{event.namespace}/events"
+                await self.client.send("POST", path, body=event.body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event.write_failed", node=self.node_name, reason=event.reason, error=str(exc))
+
+    async def _give_way(self, queued_at: float) -> None:
+        """Wait until urgent writes have paused for SETTLE_SECONDS, or the event is old enough."""
+        loop = asyncio.get_running_loop()
+        while True:
+            current = loop.time()
+            if current - queued_at >= MAX_DEFERRAL_SECONDS:
+                return
+            if self._urgent == 0:
+                quiet_for = current - self._urgent_ended
+                if quiet_for >= SETTLE_SECONDS:
+                    return
+                pause = SETTLE_SECONDS - quiet_for
+            else:
+                pause = SETTLE_SECONDS
+            await asyncio.sleep(min(pause, MAX_DEFERRAL_SECONDS - (current - queued_at)))
 
     async def drain(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Send what is queued (on shutdown: nothing urgent runs any more)."""
+        if self._senders:
+            await asyncio.gather(*self._senders, return_exceptions=True)

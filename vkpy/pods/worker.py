@@ -498,7 +498,8 @@ class PodWorker:
             "status": desired,
         }
         try:
-            written = await self.node.client.patch(path, body, content_type=MERGE_PATCH)
+            with self.events.urgent():
+                written = await self.node.client.patch(path, body, content_type=MERGE_PATCH)
         except KubeError as exc:
             if exc.conflict:
                 fresh = await self.node.client.get(
@@ -563,16 +564,17 @@ class PodWorker:
         meanwhile is a different pod and survives."""
         meta = manifest["metadata"]
         try:
-            await self.node.client.send(
-                "DELETE",
-                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                body={
-                    "apiVersion": "v1",
-                    "kind": "DeleteOptions",
-                    "gracePeriodSeconds": 0,
-                    "preconditions": {"uid": meta["uid"]},
-                },
-            )
+            with self.events.urgent():
+                await self.node.client.send(
+                    "DELETE",
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    body={
+                        "apiVersion": "v1",
+                        "kind": "DeleteOptions",
+                        "gracePeriodSeconds": 0,
+                        "preconditions": {"uid": meta["uid"]},
+                    },
+                )
         except KubeError as exc:
             if not (exc.not_found or exc.conflict):
                 raise
