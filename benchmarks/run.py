@@ -32,7 +32,7 @@ from cluster_io import open_client
 from plane import BenchControlPlane
 from procstats import load_average
 from profiles import read_profile, render
-from scenarios import Result, ScenarioFailed, run_burst, run_logs, run_nodes, run_steady
+from scenarios import Result, ScenarioFailed, combine, run_burst, run_logs, run_nodes, run_steady
 
 from vkpy.kube import KubeClient
 
@@ -94,6 +94,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--vk-max-nodes", type=int)
     parser.add_argument("--ssh-pods", type=int, help="pods in the SSH scenario")
     parser.add_argument("--log-lines", type=int, help="100-byte lines the log pod writes")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each burst N times, contenders in a rotated order each round; report the medians",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy vkpy during burst and steady state")
     parser.add_argument("--out", type=Path, help="write results.md, results.json and profiles here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, audit log)")
@@ -145,6 +151,26 @@ class Bench:
     def _agent(self, name: str, tag: str, pod_capacity: int) -> Agent:
         return AGENTS[name](self.plane, self.workdir / f"{tag}-{name}", pod_capacity)
 
+    async def _each_repeated(
+        self, title: str, names: list[str], run: Callable[[str, int], Awaitable[Result | None]]
+    ) -> list[Result]:
+        """``--repeat`` rounds, each contender once per round, the order rotated from round to round
+        (so that none always runs on the API server the previous one has just loaded); then the
+        median of each figure and the mean of each request count."""
+        rounds = max(1, self.args.repeat)
+        by_agent: dict[str, list[Result]] = {name: [] for name in names}
+        for number in range(rounds):
+            shift = number % len(names)
+            order = names[shift:] + names[:shift]
+            label = f"{title} (round {number + 1}/{rounds})" if rounds > 1 else title
+
+            async def this_round(name: str, number: int = number) -> Result | None:
+                return await run(name, number)
+
+            for result in await self._each(label, order, this_round):
+                by_agent[result.agent].append(result)
+        return [combine(results) for results in by_agent.values() if results]
+
     async def _each(
         self, title: str, names: list[str], run: Callable[[str], Awaitable[Result | None]]
     ) -> list[Result]:
@@ -170,12 +196,13 @@ class Bench:
         for count in self.sizes.burst:
             title = f"Burst: {count} {kind}"
 
-            async def one(name: str, count: int = count, title: str = title) -> Result | None:
+            async def one(name: str, number: int, count: int = count, title: str = title) -> Result | None:
                 if AGENTS[name].runs_processes and count > self.sizes.local_max_pods:
                     return Result(
                         name, {}, note=f"skipped: over --local-max-pods {self.sizes.local_max_pods}"
                     )
-                profile = self.profile_path(f"{tag}-{count}-{name}") if name.startswith("vkpy-") else None
+                profiled = name.startswith("vkpy-") and number == 0
+                profile = self.profile_path(f"{tag}-{count}-{name}") if profiled else None
                 agent = self._agent(name, f"{tag}-{count}", count + 10)
                 result = await run_burst(
                     self.plane, client, agent, count, via_deployment=via_deployment, profile=profile
@@ -183,7 +210,9 @@ class Bench:
                 self.show_profile(f"{name}, {title}", profile)
                 return result
 
-            results = await self._each(title, self.agents, one)
+            results = await self._each_repeated(title, self.agents, one)
+            if self.args.repeat > 1:
+                title += f" (median of {self.args.repeat} rounds)"
             self.emit(report.table(title, results))
             self.emit(report.request_breakdown(f"API requests per pod ({title})", results, count))
 

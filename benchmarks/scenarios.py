@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import statistics
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from plane import BenchControlPlane, pod_writes, writes
 from procstats import Sampler, Usage, load_average
 from profiles import Profiler
 
-from vkpy.kube import JSON, KubeClient
+from vkpy.kube import JSON, KubeClient, KubeError
 
 MiB = 1024 * 1024
 
@@ -37,6 +38,29 @@ class Result:
     rest_counts: dict[str, int] = attrs.Factory(dict)
     """API requests while pods were held Running (steady state)."""
     note: str = ""
+
+
+def combine(results: list[Result]) -> Result:
+    """One contender's rounds of a scenario as one result: the median of each figure (rounds that
+    failed or lack it are left out), the mean of each request count, every load and note."""
+    if len(results) == 1:
+        return results[0]
+    figures: dict[str, float | None] = {}
+    for key in dict.fromkeys(k for r in results for k in r.figures):
+        values = [v for r in results if (v := r.figures.get(key)) is not None]
+        figures[key] = statistics.median(values) if values else None
+    counted = [r.counts for r in results if r.figures]
+    counts = {
+        key: round(sum(c.get(key, 0) for c in counted) / len(counted))
+        for key in dict.fromkeys(k for c in counted for k in c)
+    }
+    return Result(
+        results[0].agent,
+        figures,
+        load=" / ".join(r.load for r in results if r.load),
+        counts=counts,
+        note="; ".join(dict.fromkeys(r.note for r in results if r.note)),
+    )
 
 
 def pod_body(name: str, node: str | None, labels: dict[str, str] | None = None) -> JSON:
@@ -106,9 +130,38 @@ async def _namespace(plane: BenchControlPlane, name: str) -> str:
 
 
 async def _delete_namespace(client: KubeClient, name: str) -> None:
+    """Delete the namespace and wait (at most a minute) until the namespace controller has removed
+    what is left in it (Events...), so that the next contender starts on a quiet API server."""
     # Best effort: the control plane is thrown away at the end anyway.
     with contextlib.suppress(Exception):
         await client.delete(f"/api/v1/namespaces/{name}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                await client.get(f"/api/v1/namespaces/{name}")
+            except KubeError as exc:
+                if exc.not_found:
+                    return
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _settled_requests(
+    plane: BenchControlPlane, mark: int, user_agent: str, quiet: float = 2.0, limit: float = 60.0
+) -> collections.Counter[str]:
+    """The agent's requests since ``mark``, once its pod writes have stopped for ``quiet`` seconds:
+    Events an agent sends after its pods are gone (queued during the burst) count too."""
+    counts = await asyncio.to_thread(plane.requests_since, mark, user_agent)
+    started = stable_since = time.monotonic()
+    while time.monotonic() - started < limit:
+        await asyncio.sleep(0.5)
+        fresh = await asyncio.to_thread(plane.requests_since, mark, user_agent)
+        if pod_writes(fresh) != pod_writes(counts):
+            stable_since = time.monotonic()
+        counts = fresh
+        if time.monotonic() - stable_since >= quiet:
+            break
+    return counts
 
 
 @attrs.define
@@ -200,7 +253,7 @@ async def pod_batch(
                     f"{_timeout_for(count):.0f} s after deletion\n{agent.log_tail()}"
                 )
             run.all_gone = max(times.deleted.values())
-            run.counts = plane.requests_since(mark, agent.user_agent)
+            run.counts = await _settled_requests(plane, mark, agent.user_agent)
     finally:
         await _delete_namespace(client, namespace)
     return run
