@@ -110,10 +110,12 @@ class Tracked:
 
 
 class PodTimes:
-    """When each pod of a namespace was first seen, first seen Running, and seen deleted."""
+    """When each pod of a namespace was first seen, first seen bound to a node, first seen Running,
+    and seen deleted."""
 
     def __init__(self) -> None:
         self.first_seen: dict[str, float] = {}
+        self.bound: dict[str, float] = {}
         self.running: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.deleted: dict[str, float] = {}
@@ -127,6 +129,8 @@ class PodTimes:
             return
         self.present.add(name)
         self.first_seen.setdefault(name, at)
+        if (obj.get("spec") or {}).get("nodeName"):
+            self.bound.setdefault(name, at)
         phase = (obj.get("status") or {}).get("phase")
         if phase == "Running":
             self.running.setdefault(name, at)

@@ -39,7 +39,13 @@ class BenchControlPlane(ControlPlane):
         if name == "kube-apiserver":
             policy = self.workdir / "audit-policy.yaml"
             policy.write_text(AUDIT_POLICY)
-            extra = (f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}")
+            # Never rotated (the default rotates at 100 MB, which a run with --repeat passes, and a
+            # mark into the old file would count nothing).
+            extra = (
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=1000000",
+            )
         elif name in {"kube-controller-manager", "kube-scheduler"}:
             extra = _COMPONENT_LIMITS
         return super()._spawn(name, [*argv, *extra])

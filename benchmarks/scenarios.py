@@ -188,6 +188,12 @@ class PodRun:
             for name, at in self.times.running.items()
         ]
 
+    def agent_latencies(self) -> list[float]:
+        """The node agent's own part: from the first sight of the pod bound to its node (at once
+        for pods with nodeName; after the scheduler for a Deployment's) to the first sight of
+        Running."""
+        return [at - self.times.bound.get(name, at) for name, at in self.times.running.items()]
+
     def delete_latencies(self) -> list[float]:
         return [at - self.delete_started for at in self.times.deleted.values()]
 
@@ -270,6 +276,8 @@ def burst_figures(run: PodRun) -> dict[str, float | None]:
         "pods/s": run.count / to_running if to_running > 0 else None,
         "p50 ms": percentile(latencies, 50) * 1000,
         "p99 ms": percentile(latencies, 99) * 1000,
+        "bound→Running p50 ms": percentile(run.agent_latencies(), 50) * 1000,
+        "bound→Running p99 ms": percentile(run.agent_latencies(), 99) * 1000,
         "all gone s": run.all_gone - run.delete_started,
         "delete p99 ms": percentile(run.delete_latencies(), 99) * 1000,
         "writes/pod": pod_writes(lifecycle) / run.count,

@@ -70,6 +70,9 @@ class SshTransport(Transport):
 
     name = "ssh"
     options_class = SshOptions
+    # Every sweep reports each pod whose state changed (and every pod after a reconnection): the
+    # core's own poll is only a safety net.
+    pushes_status = True
 
     def __init__(self, node: NodeHandle, options: SshOptions) -> None:
         super().__init__(node, options)
