@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,26 @@ class KubeClient:
         )
         return response
 
+    async def request_bytes(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = 30,
+    ) -> bytes:
+        """The answer's body, undecoded; an error status raises :class:`KubeError`."""
+        response = await self._raw(
+            method, path, query=query, body=body, content_type=content_type, timeout=timeout
+        )
+        async with response:
+            data = await response.read()
+            if response.status >= 400:
+                raise _error(response.status, data)
+            return data
+
     async def request(
         self,
         method: str,
@@ -141,14 +162,10 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float | None = 30,
     ) -> JSON:
-        response = await self._raw(
+        data = await self.request_bytes(
             method, path, query=query, body=body, content_type=content_type, timeout=timeout
         )
-        async with response:
-            data = await response.read()
-            if response.status >= 400:
-                raise _error(response.status, data)
-            return json.loads(data) if data else {}
+        return json.loads(data) if data else {}
 
     async def send(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json"
@@ -156,11 +173,7 @@ class KubeClient:
         """A request whose answer is not used (an Event created, a final delete): the body is read,
         so the connection goes back to the pool, but decoded only for an error. Decoding the object
         the server sends back was a tenth of vkpy's CPU in a pod burst."""
-        response = await self._raw(method, path, body=body, content_type=content_type)
-        async with response:
-            data = await response.read()
-            if response.status >= 400:
-                raise _error(response.status, data)
+        await self.request_bytes(method, path, body=body, content_type=content_type)
 
     async def get(self, path: str, **query: Any) -> JSON:
         return await self.request("GET", path, query=query)
@@ -177,8 +190,9 @@ class KubeClient:
     async def delete(self, path: str, body: JSON | None = None) -> JSON:
         return await self.request("DELETE", path, body=body)
 
-    async def watch_lines(self, path: str, query: Mapping[str, Any], timeout: float) -> AsyncIterator[JSON]:
-        """Stream a watch: one decoded event per line. Ends when the server ends the watch."""
+    async def watch_lines(self, path: str, query: Mapping[str, Any], timeout: float) -> AsyncIterator[bytes]:
+        """Stream a watch: one event per line, undecoded (see :func:`object_head`). Ends when the
+        server ends the watch."""
         # The watchdog covers the wait for the response headers too: a link can stall at any point.
         async with _deadline(timeout):
             response = await self._raw("GET", path, query={**query, "watch": "true"}, timeout=None)
@@ -197,7 +211,33 @@ class KubeClient:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield json.loads(line)
+                        yield line
+
+
+# How the API server writes an object (Go's field order: kind, apiVersion, then metadata with name,
+# generateName, namespace, selfLink?, uid, resourceVersion before any nested field), and a watch
+# event around one. Only a fast path: callers decode the JSON when these do not match.
+_OBJECT_HEAD = re.compile(
+    rb'\{"kind":"[^"]*","apiVersion":"[^"]*","metadata":\{[^{}]*?"uid":"([^"]+)","resourceVersion":"([^"]+)"'
+)
+_EVENT_HEAD = re.compile(rb'\{"type":"([A-Z]+)","object":')
+
+
+def object_head(data: bytes) -> tuple[str, str] | None:
+    """The UID and resourceVersion of the object in ``data`` (an answer's body), read from its first
+    bytes without decoding the rest; None when it is not laid out as the API server writes it."""
+    match = _OBJECT_HEAD.match(data)
+    return (match[1].decode(), match[2].decode()) if match else None
+
+
+def event_head(line: bytes) -> tuple[str, str, str] | None:
+    """The type, object UID and object resourceVersion of a watch event line, without decoding it;
+    None when it is not laid out as the API server writes it."""
+    event = _EVENT_HEAD.match(line)
+    if event is None:
+        return None
+    match = _OBJECT_HEAD.match(line, event.end())
+    return (event[1].decode(), match[1].decode(), match[2].decode()) if match else None
 
 
 class _PlainApiClient(k8s_client.ApiClient):

@@ -4,6 +4,7 @@ reconnect with capped backoff, and a watchdog against watches that stall silentl
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -13,7 +14,7 @@ import aiohttp
 import attrs
 import structlog
 
-from vkpy.kube import JSON, KubeClient, KubeError
+from vkpy.kube import JSON, KubeClient, KubeError, event_head
 
 log = structlog.get_logger("vkpy.watch")
 
@@ -61,6 +62,9 @@ class Watcher:
     Default: the server-side timeout plus 30 s."""
     # For /metrics and /readyz: reconnections by reason, the last time the server spoke (monotonic),
     # and the error the watch is retrying after (None while it works).
+    already_held: Callable[[str, str], bool] | None = None
+    """``(uid, resourceVersion)``: whether the consumer holds that version of that object already
+    (the echo of its own write). Such a MODIFIED event is passed over without being decoded."""
     restarts: dict[str, int] = attrs.field(factory=dict)
     last_contact: float | None = None
     last_error: str | None = None
@@ -126,7 +130,14 @@ class Watcher:
             "timeoutSeconds": timeout,
         }
         idle_limit = self.idle_timeout or timeout + 30
-        async for event in self.client.watch_lines(self.path, query, timeout=idle_limit):
+        async for line in self.client.watch_lines(self.path, query, timeout=idle_limit):
+            if self.already_held is not None:
+                head = event_head(line)
+                if head is not None and head[0] == "MODIFIED" and self.already_held(head[1], head[2]):
+                    self._contact()
+                    self.resource_version = head[2]
+                    continue
+            event = json.loads(line)
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":

@@ -96,7 +96,8 @@ async def test_a_pod_bound_to_a_node_reaches_that_nodes_watch(
             "fieldSelector": "spec.nodeName=smoke-watch-node",
             "resourceVersion": listing["metadata"]["resourceVersion"],
         }
-        async for event in client.watch_lines("/api/v1/pods", query, timeout=30):
+        async for line in client.watch_lines("/api/v1/pods", query, timeout=30):
+            event = json.loads(line)
             if event["type"] == "ADDED":
                 assert event["object"]["metadata"]["name"] == "bound"
                 break
