@@ -32,6 +32,9 @@ class _LineLogger:
 
     def __init__(self, name: str, stream: IO[str], lock: Any) -> None:
         self.name = name
+        # The stdlib logger of the same name still decides whether an event is wanted, so that
+        # `logging.getLogger("vkpy.plugins").setLevel(...)` quiets vkpy's events as it always did.
+        self.levels = logging.getLogger(name)
         self._stream = stream
         self._lock = lock
 
@@ -41,6 +44,26 @@ class _LineLogger:
             self._stream.flush()
 
     log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
+
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "err": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+def _wanted_by_its_logger(logger: Any, method_name: str, event_dict: Any) -> Any:
+    levels = getattr(logger, "levels", None)
+    if levels is not None and not levels.isEnabledFor(_METHOD_LEVELS.get(method_name, logging.INFO)):
+        raise structlog.DropEvent
+    return event_dict
 
 
 class _LineLoggerFactory:
@@ -97,6 +120,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: IO[str] | 
 
     structlog.configure(
         processors=[
+            _wanted_by_its_logger,
             *shared,
             structlog.processors.StackInfoRenderer(),
             *renderer,
