@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from helpers import StartVkpy, jsonpath, pod_manifest, probe_calls, wait_node_ready, wait_phase
 
@@ -50,11 +51,21 @@ def test_a_pod_runs_and_its_logs_and_status_reach_kubectl(
     stamped = k8s_cluster.kubectl("logs", "hello", "-n", k8s_namespace, "--timestamps").stdout.splitlines()
     assert stamped[0].split(" ", 1)[0].endswith("Z")
 
-    events = k8s_cluster.kubectl(
-        "get", "events", "-n", k8s_namespace, "--field-selector", "involvedObject.name=hello", "-o", "json"
-    ).stdout
-    reasons = {e["reason"] for e in json.loads(events)["items"]}
-    assert "Started" in reasons
+    def reasons() -> set[str]:
+        events = k8s_cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            k8s_namespace,
+            "--field-selector",
+            "involvedObject.name=hello",
+            "-o",
+            "json",
+        ).stdout
+        return {e["reason"] for e in json.loads(events)["items"]}
+
+    # Events follow the status writes they accompany, once those pause (docs/architecture.md).
+    wait_for(lambda: "Started" in reasons(), timeout=30, what="a Started event")
 
 
 def test_kubectl_logs_follow_streams_live(
@@ -240,11 +251,16 @@ def test_plugin_errors_become_events_and_are_retried(
     k8s_cluster.apply(pod_manifest("flaky", "pods-errors", ["sh", "-c", "echo made it"], k8s_namespace))
     wait_phase(k8s_cluster, "flaky", k8s_namespace, "Succeeded", timeout=60)
     assert len(probe_calls(probe_dir, "pods-errors", "create_pod")) == 3
-    events = json.loads(k8s_cluster.kubectl("get", "events", "-n", k8s_namespace, "-o", "json").stdout)[
-        "items"
-    ]
-    warnings = [e for e in events if e["type"] == "Warning" and e["involvedObject"]["name"] == "flaky"]
-    assert any("injected create failure" in e["message"] for e in warnings)
+
+    def warnings() -> list[dict[str, Any]]:
+        events = k8s_cluster.kubectl_json("get", "events", "-n", k8s_namespace)["items"]
+        return [e for e in events if e["type"] == "Warning" and e["involvedObject"]["name"] == "flaky"]
+
+    wait_for(
+        lambda: any("injected create failure" in e["message"] for e in warnings()),
+        timeout=30,
+        what="a Warning event naming the injected failure",
+    )
 
 
 def test_a_same_name_pod_created_during_deletion_survives(
