@@ -129,12 +129,15 @@ async def _namespace(plane: BenchControlPlane, name: str) -> str:
     return name
 
 
-async def _delete_namespace(client: KubeClient, name: str) -> None:
-    """Delete the namespace and wait (at most a minute) until the namespace controller has removed
-    what is left in it (Events...), so that the next contender starts on a quiet API server."""
+async def _delete_namespace(plane: BenchControlPlane, client: KubeClient, name: str) -> None:
+    """Delete the namespace and, on a plane with a namespace controller, wait (at most a minute)
+    until it has removed what is left in it (Events...), so that the next contender starts on a
+    quiet API server."""
     # Best effort: the control plane is thrown away at the end anyway.
     with contextlib.suppress(Exception):
         await client.delete(f"/api/v1/namespaces/{name}")
+        if "kube-controller-manager" not in plane.components:
+            return
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -261,7 +264,7 @@ async def pod_batch(
             run.all_gone = max(times.deleted.values())
             run.counts = await _settled_requests(plane, mark, agent.user_agent)
     finally:
-        await _delete_namespace(client, namespace)
+        await _delete_namespace(plane, client, namespace)
     return run
 
 
@@ -446,7 +449,7 @@ async def run_logs(
             out = await asyncio.to_thread(plane.kubectl, "logs", "talker", "-n", namespace, timeout=300)
             seconds = time.monotonic() - started
         received = len(out.stdout.encode())
-        await _delete_namespace(client, namespace)
+        await _delete_namespace(plane, client, namespace)
         return Result(
             agent.name,
             {
