@@ -341,7 +341,13 @@ async def test_a_board_without_raw_paste_is_remembered_per_board(
 QUICK = Settings(
     reply_timeout=0.4, abandon_after=0.5, interrupt_repeat=0.1, retry_initial=0.2, probe_timeout=1.5
 )
-IGNORES_CTRL_C = "import micropython, time\nmicropython.kbd_intr(-1)\nwhile True:\n    time.sleep(0.1)\n"
+IGNORES_CTRL_C = (
+    "import micropython, time\n"
+    "micropython.kbd_intr(-1)\n"
+    "print('deaf to ctrl-c')\n"
+    "while True:\n"
+    "    time.sleep(0.1)\n"
+)
 
 
 async def test_a_script_that_ignores_ctrl_c_is_abandoned_and_the_board_reported_unresponsive(
@@ -362,6 +368,12 @@ async def test_a_script_that_ignores_ctrl_c_is_abandoned_and_the_board_reported_
     stubborn = inline(IGNORES_CTRL_C)
     board.create(stubborn, script_for(stubborn))
     await eventually(lambda: _state(board, stubborn), lambda s: isinstance(s, Running))
+
+    async def printed() -> bytes:
+        return b"".join([line.data async for line in board.logs(stubborn, "main", LogOptions())])
+
+    # Running comes as the script starts: a Ctrl-C before its kbd_intr(-1) would still stop it.
+    await eventually(printed, lambda out: b"deaf to ctrl-c" in out)
     board.delete(stubborn.uid, 0)
     await eventually(lambda: _state(board, stubborn), lambda s: s is None, 5)
     abandoned = ends[-1]
