@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import aiohttp
 import attrs
@@ -68,6 +68,15 @@ def parse_time(value: str | None) -> datetime.datetime | None:
 
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+class RequestOptions(TypedDict, total=False):
+    """What a request may add to its method and path (see :meth:`KubeClient._raw`)."""
+
+    query: Mapping[str, Any] | None
+    body: Any
+    content_type: str
+    timeout: float | None
 
 
 @attrs.define
@@ -132,48 +141,24 @@ class KubeClient:
         )
         return response
 
-    async def request_bytes(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, Any] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: float | None = 30,
-    ) -> bytes:
+    async def request_bytes(self, method: str, path: str, **options: Unpack[RequestOptions]) -> bytes:
         """The answer's body, undecoded; an error status raises :class:`KubeError`."""
-        response = await self._raw(
-            method, path, query=query, body=body, content_type=content_type, timeout=timeout
-        )
+        response = await self._raw(method, path, **options)
         async with response:
             data = await response.read()
             if response.status >= 400:
                 raise _error(response.status, data)
             return data
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, Any] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: float | None = 30,
-    ) -> JSON:
-        data = await self.request_bytes(
-            method, path, query=query, body=body, content_type=content_type, timeout=timeout
-        )
+    async def request(self, method: str, path: str, **options: Unpack[RequestOptions]) -> JSON:
+        data = await self.request_bytes(method, path, **options)
         return json.loads(data) if data else {}
 
-    async def send(
-        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json"
-    ) -> None:
+    async def send(self, method: str, path: str, **options: Unpack[RequestOptions]) -> None:
         """A request whose answer is not used (an Event created, a final delete): the body is read,
         so the connection goes back to the pool, but decoded only for an error. Decoding the object
         the server sends back was a tenth of vkpy's CPU in a pod burst."""
-        await self.request_bytes(method, path, body=body, content_type=content_type)
+        await self.request_bytes(method, path, **options)
 
     async def get(self, path: str, **query: Any) -> JSON:
         return await self.request("GET", path, query=query)
